@@ -1,0 +1,23 @@
+"""circuitsteer: circuit-targeted activation engineering on transformer language models.
+
+Example:
+    >>> import circuitsteer as cs
+    >>> model = cs.load_model("toy-ioi")            # doctest: +SKIP
+    >>> cs.parse_node("a9.h9").layer
+    9
+"""
+
+from circuitsteer import errors as errors
+from circuitsteer import nodes as nodes
+from circuitsteer.errors import CircuitSteerError as CircuitSteerError
+from circuitsteer.errors import ModelNotAvailableError as ModelNotAvailableError
+from circuitsteer.errors import NodeNameError as NodeNameError
+from circuitsteer.errors import ShapeMismatchError as ShapeMismatchError
+from circuitsteer.models import Model as Model
+from circuitsteer.models import load_model as load_model
+from circuitsteer.models import random_gpt2 as random_gpt2
+from circuitsteer.nodes import ModelShape as ModelShape
+from circuitsteer.nodes import parse_edge as parse_edge
+from circuitsteer.nodes import parse_node as parse_node
+
+__version__ = "0.1.0"

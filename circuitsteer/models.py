@@ -1,0 +1,394 @@
+"""Loading models: zoo names (bundled, offline), local Hugging Face folders, hub ids.
+
+A :class:`Model` holds two views of the same weights:
+
+* ``model.hf``: the raw Hugging Face ``GPT2LMHeadModel``. The engine puts plain torch hooks on
+  its modules, so the hot path pays nothing for hook points it does not use.
+* ``model.bridge``: a TransformerLens 4.x ``TransformerBridge`` over a twin of that model that
+  shares every parameter tensor (booting a bridge rewires the HF module tree in place, so it
+  gets its own tree). Use it for TL's hook names, ``run_with_cache`` and ``transformer_lens.patching``.
+  Compatibility mode (weight folding) is *not* enabled: raw numerics, equal to HF's.
+
+Example:
+    >>> import circuitsteer as cs
+    >>> model = cs.load_model("toy-ioi")                    # doctest: +SKIP
+    >>> logits = model(model.to_tokens("Then, Mary and John went to the store."))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from circuitsteer.errors import ModelNotAvailableError, UnsupportedArchitectureError
+from circuitsteer.nodes import ModelShape
+
+ZOO_DIR = Path(__file__).parent / "zoo"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Model:
+    """A loaded model: raw HF module tree, TransformerLens bridge, tokenizer and shape.
+
+    Calling it runs the raw HF forward and returns logits ``[batch, pos, d_vocab]``.
+    """
+
+    def __init__(self, hf: Any, tokenizer: Any, *, name: str, source: str, path: str | None = None,
+                 card: dict[str, Any] | None = None) -> None:
+        cfg = hf.config
+        if getattr(cfg, "model_type", None) != "gpt2":
+            raise UnsupportedArchitectureError(
+                f"{name}: model_type {getattr(cfg, 'model_type', None)!r} is not supported",
+                fix="circuitsteer's engine hooks GPT-2-architecture models (GPT2LMHeadModel); "
+                "load a GPT-2-family checkpoint",
+            )
+        self.hf = hf.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.path = path
+        self.card = card or {}
+        d_model = cfg.n_embd
+        self.shape = ModelShape(
+            n_layers=cfg.n_layer, n_heads=cfg.n_head, d_model=d_model, d_head=d_model // cfg.n_head,
+            d_mlp=cfg.n_inner or 4 * d_model, d_vocab=cfg.vocab_size, n_ctx=cfg.n_positions,
+        )
+        self._bridge: Any = None
+        self._modules = dict(self.hf.named_modules())
+        self.bridge  # boot now: a broken bridge should fail at load, not mid-analysis
+
+    # -- the bridge ---------------------------------------------------------------------------
+    @property
+    def bridge(self) -> Any:
+        """TransformerLens ``TransformerBridge`` sharing this model's weights."""
+        if self._bridge is None:
+            self._bridge = _boot_bridge(self.hf, self.tokenizer, self.name)
+        return self._bridge
+
+    # -- running ------------------------------------------------------------------------------
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward(tokens)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw HF forward; logits ``[batch, pos, d_vocab]``."""
+        return self.hf(input_ids=tokens.to(self.device), use_cache=False).logits
+
+    def module(self, path: str) -> torch.nn.Module:
+        """The HF submodule at ``path`` (paths come from :func:`circuitsteer.nodes.hf_module`)."""
+        return self._modules[path]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def bos_token_id(self) -> int:
+        tid = self.tokenizer.bos_token_id
+        return int(tid if tid is not None else self.tokenizer.eos_token_id)
+
+    # -- tokens -------------------------------------------------------------------------------
+    def to_tokens(self, text: str | list[str], prepend_bos: bool = True) -> torch.Tensor:
+        """Tokenize one string or a list of equal-length strings into ``[batch, pos]``."""
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        if prepend_bos:
+            rows = [[self.bos_token_id, *r] for r in rows]
+        lengths = {len(r) for r in rows}
+        if len(lengths) != 1:
+            raise ValueError(f"texts tokenize to different lengths {sorted(lengths)}; tokenize them one by one")
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def to_str_tokens(self, tokens: torch.Tensor | list[int]) -> list[str]:
+        ids = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    def weights_hash(self) -> str:
+        """sha256 over parameter names and bytes (recorded in run metadata)."""
+        h = hashlib.sha256()
+        for name, p in sorted(self.hf.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {self.source}, {self.shape.describe()}, {self.device}, {self.dtype})"
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    build: Callable[[], tuple[Any, Any, str | None]]  # -> (hf model, tokenizer, path)
+
+
+_ZOO: dict[str, ZooEntry] = {}
+
+
+def register_zoo(name: str, description: str, build: Callable[[], tuple[Any, Any, str | None]]) -> None:
+    _ZOO[name] = ZooEntry(name, description, build)
+
+
+def zoo_names() -> list[str]:
+    return sorted(_ZOO)
+
+
+def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None) -> Model:
+    """Load a zoo model by name, a local Hugging Face folder, or a hub id.
+
+    Offline, a hub id that is not in the local HF cache fails within seconds with
+    ``ModelNotAvailableError`` (no retries).
+
+    >>> model = load_model("gpt2-small-shape")   # doctest: +SKIP
+    """
+    key = str(name_or_path)
+    if key in _ZOO:
+        hf, tok, path = _ZOO[key].build()
+        model = Model(hf, tok, name=key, source="zoo", path=path, card=_read_card(path))
+    elif Path(key).expanduser().exists():
+        path = Path(key).expanduser().resolve()
+        hf, tok = _load_local(path)
+        model = Model(hf, tok, name=path.name, source="local", path=str(path))
+    elif _looks_like_path(key):
+        raise ModelNotAvailableError(
+            f"model folder {key!r} does not exist",
+            fix=f"pass an existing Hugging Face model folder, or a zoo name ({', '.join(zoo_names())})",
+        )
+    else:
+        hf, tok = _load_hub(key)
+        model = Model(hf, tok, name=key, source="hub", path=None)
+    return _place(model, device, dtype)
+
+
+def _place(model: Model, device: str | torch.device | None, dtype: torch.dtype | None) -> Model:
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev != model.device or (dtype is not None and dtype != model.dtype):
+        model.hf.to(device=dev, dtype=dtype)
+    return model
+
+
+def _looks_like_path(key: str) -> bool:
+    return key.startswith((".", "/", "~")) or os.sep in key and key.count("/") > 1
+
+
+def _read_card(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import json
+
+    f = Path(path) / "card.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _load_local(path: Path) -> tuple[Any, Any]:
+    from transformers import AutoConfig, GPT2LMHeadModel
+
+    if not (path / "config.json").exists():
+        raise ModelNotAvailableError(
+            f"{path} has no config.json, so it is not a Hugging Face model folder",
+            fix="pass the folder that model.save_pretrained() wrote (config.json + weights)",
+        )
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    if cfg.model_type != "gpt2":
+        raise UnsupportedArchitectureError(
+            f"{path}: model_type {cfg.model_type!r} is not supported",
+            fix="load a GPT-2-architecture checkpoint (GPT2LMHeadModel)",
+        )
+    hf = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+    return hf, _local_tokenizer(path)
+
+
+def _local_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if (path / "tokenizer.json").exists() or (path / "vocab.json").exists():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return gpt2_tokenizer()
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False, "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True, f"{host} reachable"
+    except OSError as e:
+        return False, f"{host}:443 unreachable ({e.__class__.__name__}: {e})"
+
+
+def _load_hub(model_id: str) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
+
+    tried = []
+    start = time.monotonic()
+    # 1. the local HF cache, with no network at all
+    try:
+        cfg = AutoConfig.from_pretrained(model_id, local_files_only=True)
+        if cfg.model_type != "gpt2":
+            raise UnsupportedArchitectureError(f"{model_id}: model_type {cfg.model_type!r} is not supported",
+                                               fix="load a GPT-2-architecture checkpoint")
+        hf = GPT2LMHeadModel.from_pretrained(model_id, local_files_only=True, attn_implementation="eager")
+        return hf, AutoTokenizer.from_pretrained(model_id, local_files_only=True)
+    except (OSError, ValueError) as e:
+        if isinstance(e, UnsupportedArchitectureError):
+            raise
+        tried.append(f"the local Hugging Face cache (not there: {e.__class__.__name__})")
+    # 2. the hub, only when it answers within seconds (no retry loop)
+    ok, why = _hub_reachable()
+    if ok:
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(model_id, attn_implementation="eager")
+            return hf, AutoTokenizer.from_pretrained(model_id)
+        except OSError as e:
+            tried.append(f"the hub ({e})")
+    else:
+        tried.append(f"the hub ({why})")
+    raise ModelNotAvailableError(
+        f"cannot load {model_id!r}: not a zoo name ({', '.join(zoo_names())}), not a local folder, "
+        f"and tried {'; '.join(tried)} in {time.monotonic() - start:.1f}s",
+        fix=f"download it on a machine with network (model.save_pretrained(DIR) and the tokenizer) and "
+        f"pass the folder: cs.load_model('/path/to/{model_id.split('/')[-1]}'), or use a zoo model",
+    )
+
+
+def _boot_bridge(hf: Any, tokenizer: Any, name: str) -> Any:
+    """Boot a TransformerBridge over a twin of ``hf`` that shares its parameters."""
+    import logging
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    level = logging.getLogger("transformers").level
+    twin = copy.deepcopy(hf, memo={id(p): p for p in hf.parameters()})  # params shared, not copied
+    # TL re-loads a tokenizer by name unless it already adds BOS; ours is in memory (maybe no
+    # folder), so say so. Tokenization in circuitsteer never relies on add_bos_token.
+    tokenizer.init_kwargs.setdefault("name_or_path", name)
+    tokenizer.init_kwargs["add_bos_token"] = True
+    bridge = TransformerBridge.boot_transformers(name, hf_model=twin, tokenizer=tokenizer,
+                                                 device=str(next(hf.parameters()).device))
+    logging.getLogger("transformers").setLevel(level)  # importing the bridge silences transformers
+    return bridge
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizers and built-in zoo entries
+
+
+def _find_gpt2_tokenizer_dir() -> Path | None:
+    candidates = [os.environ.get("CIRCUITSTEER_GPT2_TOKENIZER")]
+    candidates += [str(REPO_ROOT.parent / "shared" / "gpt2-tokenizer"), str(Path.cwd().parent / "shared" / "gpt2-tokenizer")]
+    for c in candidates:
+        if c and (Path(c) / "encoder.json").exists() and (Path(c) / "vocab.bpe").exists():
+            return Path(c)
+    return None
+
+
+def gpt2_tokenizer(required: bool = False) -> Any:
+    """GPT-2's BPE tokenizer from ../shared/gpt2-tokenizer (or $CIRCUITSTEER_GPT2_TOKENIZER).
+
+    Without those files: a byte-level fallback (ids 0..255 + ``<|endoftext|>``) unless ``required``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    d = _find_gpt2_tokenizer_dir()
+    if d is None:
+        if required:
+            raise ModelNotAvailableError(
+                "GPT-2 tokenizer files (encoder.json, vocab.bpe) not found",
+                fix="put them in ../shared/gpt2-tokenizer or set CIRCUITSTEER_GPT2_TOKENIZER to their folder",
+            )
+        return byte_tokenizer()
+    tk = Tokenizer(models.BPE.from_file(str(d / "encoder.json"), str(d / "vocab.bpe")))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def byte_tokenizer() -> Any:
+    """A byte-level tokenizer (256 byte tokens + ``<|endoftext|>`` as 256) for random test models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+def random_gpt2(n_layers: int = 2, n_heads: int = 4, d_model: int = 32, d_vocab: int = 257,
+                n_ctx: int = 64, seed: int = 0, d_mlp: int | None = None, tokenizer: Any = None,
+                name: str | None = None) -> Model:
+    """A GPT-2-architecture model with seeded random weights, built from a config (unit tests).
+
+    >>> m = random_gpt2(n_layers=2, n_heads=4, d_model=32)
+    >>> m.shape.n_heads, m.shape.d_head
+    (4, 8)
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=d_vocab,
+                     n_positions=n_ctx, n_inner=d_mlp, attn_implementation="eager",
+                     bos_token_id=min(256, d_vocab - 1), eos_token_id=min(256, d_vocab - 1),
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    hf = GPT2LMHeadModel(cfg)
+    torch.random.set_rng_state(gen_state)
+    tok = tokenizer if tokenizer is not None else byte_tokenizer()
+    return Model(hf, tok, name=name or f"random-gpt2-{n_layers}l{n_heads}h{d_model}d-s{seed}", source="random")
+
+
+def _gpt2_small_shape() -> tuple[Any, Any, str | None]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(attn_implementation="eager")  # defaults are GPT-2 small's shape
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(cfg)
+    torch.random.set_rng_state(state)
+    return hf, gpt2_tokenizer(), None
+
+
+def _zoo_folder(name: str) -> Callable[[], tuple[Any, Any, str | None]]:
+    def build() -> tuple[Any, Any, str | None]:
+        path = ZOO_DIR / name
+        if not (path / "model.safetensors").exists():
+            raise ModelNotAvailableError(
+                f"zoo model {name!r} has no weights at {path}",
+                fix=f"reinstall circuitsteer, or retrain it: python -m circuitsteer.zoo.train {name}",
+            )
+        hf, tok = _load_local(path)
+        return hf, tok, str(path)
+
+    return build
+
+
+register_zoo("gpt2-small-shape", "GPT-2 small's architecture with seeded random weights (seed 0) and "
+             "GPT-2's tokenizer when ../shared/gpt2-tokenizer is present", _gpt2_small_shape)
+for _name in sorted({"toy-ioi", *(d.parent.name for d in ZOO_DIR.glob("*/config.json"))}):
+    register_zoo(_name, f"bundled trained model {_name} (see its card.json)", _zoo_folder(_name))

@@ -1,0 +1,306 @@
+"""Node and edge names, and the one mapping from names to hook points.
+
+Names (DESIGN.md): ``input``, ``a{L}.h{H}`` (attention head), ``m{L}`` (MLP), ``m{L}.n{i}``
+(MLP neuron), ``logits``, and residual sites ``resid_pre.{L}``, ``resid_mid.{L}``,
+``resid_post.{L}``. Edges: ``src->dst``, with ``<q>``, ``<k>`` or ``<v>`` when ``dst`` is a head.
+
+This is the only module that formats hook strings: TransformerLens hook names (for the bridge,
+TL's patching and ACDC files) and the Hugging Face GPT-2 module paths the engine hooks directly.
+
+Example:
+    >>> n = parse_node("a9.h9")
+    >>> (n.kind, n.layer, n.head, n.name)
+    ('head', 9, 9, 'a9.h9')
+    >>> e = parse_edge("a5.h5->a7.h3<k>")
+    >>> (e.src.name, e.dst.name, e.channel, e.name)
+    ('a5.h5', 'a7.h3', 'k', 'a5.h5->a7.h3<k>')
+    >>> tl_hook(parse_node("a9.h9"))
+    ('blocks.9.attn.hook_z', 9)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+from circuitsteer.errors import NodeNameError, ShapeMismatchError
+
+NodeKind = Literal["input", "head", "mlp", "neuron", "resid", "logits"]
+Channel = Literal["q", "k", "v"]
+CHANNELS: tuple[Channel, ...] = ("q", "k", "v")
+RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+
+_NAME_HELP = (
+    "use 'input', 'logits', 'a{L}.h{H}' (head), 'm{L}' (MLP), 'm{L}.n{i}' (neuron), "
+    "'resid_pre.{L}', 'resid_mid.{L}' or 'resid_post.{L}', e.g. 'a9.h9' or 'm3'"
+)
+_HEAD = re.compile(r"a(\d+)\.h(\d+)")
+_MLP = re.compile(r"m(\d+)")
+_NEURON = re.compile(r"m(\d+)\.n(\d+)")
+_RESID = re.compile(r"(resid_pre|resid_mid|resid_post)\.(\d+)")
+_EDGE = re.compile(r"(?P<src>[^<>\s]+?)\s*->\s*(?P<dst>[^<>\s]+?)(?:<(?P<ch>[^<>]*)>)?")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """The shape facts names are validated against.
+
+    >>> ModelShape(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257).n_layers
+    12
+    """
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int = 1024
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_layers} layers x {self.n_heads} heads, d_model {self.d_model}, "
+            f"d_mlp {self.d_mlp}"
+        )
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Node:
+    """A parsed node name. ``layer`` is None for input/logits; ``head``/``index`` when relevant."""
+
+    kind: NodeKind
+    layer: int | None = None
+    head: int | None = None
+    index: int | None = None  # neuron index for kind == "neuron"
+    resid: str | None = None  # resid_pre / resid_mid / resid_post for kind == "resid"
+
+    @property
+    def name(self) -> str:
+        if self.kind in ("input", "logits"):
+            return self.kind
+        if self.kind == "head":
+            return f"a{self.layer}.h{self.head}"
+        if self.kind == "mlp":
+            return f"m{self.layer}"
+        if self.kind == "neuron":
+            return f"m{self.layer}.n{self.index}"
+        return f"{self.resid}.{self.layer}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def depth(self, n_layers: int | None = None) -> float:
+        """Position in the forward order: input 0, heads of layer L at 2L+1, MLP L at 2L+2,
+        residual sites between them, logits last. Edges must point to a strictly larger depth."""
+        if self.kind == "input":
+            return 0.0
+        if self.kind == "logits":
+            return float("inf") if n_layers is None else 2.0 * n_layers + 1
+        assert self.layer is not None
+        if self.kind == "head":
+            return 2.0 * self.layer + 1
+        if self.kind in ("mlp", "neuron"):
+            return 2.0 * self.layer + 2
+        offset = {"resid_pre": 0.5, "resid_mid": 1.5, "resid_post": 2.5}[self.resid or ""]
+        return 2.0 * self.layer + offset
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A parsed edge ``src->dst<channel>``."""
+
+    src: Node
+    dst: Node
+    channel: Channel | None = None
+
+    @property
+    def name(self) -> str:
+        suffix = f"<{self.channel}>" if self.channel else ""
+        return f"{self.src.name}->{self.dst.name}{suffix}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@lru_cache(maxsize=65536)
+def parse_node(name: str) -> Node:
+    """Parse a node or residual-site name; raise ``NodeNameError`` if malformed."""
+    if not isinstance(name, str):
+        raise NodeNameError(f"node name must be a string, got {type(name).__name__} {name!r}", fix=_NAME_HELP)
+    s = name.strip()
+    if s in ("input", "logits"):
+        return Node(kind=s)  # type: ignore[arg-type]
+    if m := _HEAD.fullmatch(s):
+        return Node(kind="head", layer=int(m[1]), head=int(m[2]))
+    if m := _NEURON.fullmatch(s):
+        return Node(kind="neuron", layer=int(m[1]), index=int(m[2]))
+    if m := _MLP.fullmatch(s):
+        return Node(kind="mlp", layer=int(m[1]))
+    if m := _RESID.fullmatch(s):
+        return Node(kind="resid", layer=int(m[2]), resid=m[1])
+    raise NodeNameError(f"unknown node name {name!r}", fix=_NAME_HELP)
+
+
+def parse_edge(name: str) -> Edge:
+    """Parse ``'src->dst'`` or ``'src->dst<q|k|v>'``; the channel is only allowed on head receivers.
+
+    Edges must point forward in depth (``a7.h3->a5.h5`` is refused).
+    """
+    if not isinstance(name, str):
+        raise NodeNameError(f"edge name must be a string, got {type(name).__name__}", fix="write 'a5.h5->a7.h3<k>'")
+    m = _EDGE.fullmatch(name.strip())
+    if not m:
+        raise NodeNameError(f"malformed edge {name!r}", fix="write edges as 'src->dst', with '<q>', '<k>' or '<v>' when dst is a head, e.g. 'a5.h5->a7.h3<k>'")
+    return make_edge(parse_node(m["src"]), parse_node(m["dst"]), m["ch"])
+
+
+def make_edge(src: Node, dst: Node, channel: str | None = None) -> Edge:
+    """Build a validated Edge from parsed nodes."""
+    if channel is not None and channel not in CHANNELS:
+        raise NodeNameError(f"unknown channel <{channel}> in edge {src.name}->{dst.name}", fix="use <q>, <k> or <v>")
+    if channel is not None and dst.kind != "head":
+        raise NodeNameError(
+            f"channel <{channel}> on edge {src.name}->{dst.name}, but {dst.name} is not a head",
+            fix="drop the channel: only heads read q, k and v",
+        )
+    if src.kind in ("logits", "resid", "neuron") or dst.kind in ("input", "resid", "neuron"):
+        raise NodeNameError(
+            f"edge {src.name}->{dst.name} joins nodes that are not circuit nodes",
+            fix="edges run from 'input', heads or MLPs to heads, MLPs or 'logits'",
+        )
+    if not src.depth() < dst.depth():
+        raise NodeNameError(
+            f"edge {src.name}->{dst.name} points backwards (or sideways) in depth",
+            fix="a sender must come earlier in the forward pass than its receiver (heads of layer L "
+            "feed MLP L and everything in later layers)",
+        )
+    return Edge(src=src, dst=dst, channel=channel)  # type: ignore[arg-type]
+
+
+def format_edge(src: str | Node, dst: str | Node, channel: str | None = None) -> str:
+    """``format_edge('a5.h5', 'a7.h3', 'k') == 'a5.h5->a7.h3<k>'`` (validated)."""
+    s = src if isinstance(src, Node) else parse_node(src)
+    d = dst if isinstance(dst, Node) else parse_node(dst)
+    return make_edge(s, d, channel).name
+
+
+def validate_node(node: str | Node, shape: ModelShape) -> Node:
+    """Parse (if needed) and check the node exists in a model of this shape."""
+    n = node if isinstance(node, Node) else parse_node(node)
+    if n.layer is not None and not 0 <= n.layer < shape.n_layers:
+        raise ShapeMismatchError(
+            f"{n.name}: layer {n.layer} is outside the model ({shape.describe()})",
+            fix=f"use layers 0..{shape.n_layers - 1}",
+        )
+    if n.head is not None and not 0 <= n.head < shape.n_heads:
+        raise ShapeMismatchError(
+            f"{n.name}: head {n.head} is outside the model ({shape.describe()})",
+            fix=f"use heads 0..{shape.n_heads - 1}",
+        )
+    if n.index is not None and not 0 <= n.index < shape.d_mlp:
+        raise ShapeMismatchError(
+            f"{n.name}: neuron {n.index} is outside the model's MLP width {shape.d_mlp}",
+            fix=f"use neurons 0..{shape.d_mlp - 1}",
+        )
+    return n
+
+
+def head(layer: int, h: int) -> str:
+    return f"a{layer}.h{h}"
+
+
+def all_heads(shape: ModelShape) -> list[str]:
+    return [head(layer, h) for layer in range(shape.n_layers) for h in range(shape.n_heads)]
+
+
+def all_mlps(shape: ModelShape) -> list[str]:
+    return [f"m{layer}" for layer in range(shape.n_layers)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hook points. TransformerLens names (bridge, TL patching, ACDC files) ...
+
+
+def tl_hook(node: str | Node, point: str = "out", n_layers: int | None = None) -> tuple[str, int | None]:
+    """TransformerLens hook name and head/neuron index for a node.
+
+    ``point``: ``"out"`` (a head's ``hook_z`` in d_head; ``"result"`` for its d_model output),
+    ``"in"`` (MLP input, logits input) or a channel ``"q"``/``"k"``/``"v"`` (head input).
+    """
+    n = node if isinstance(node, Node) else parse_node(node)
+    L = n.layer
+    if n.kind == "input":
+        return "blocks.0.hook_resid_pre", None
+    if n.kind == "logits":
+        if n_layers is None:
+            raise NodeNameError("the logits' hook point needs the model's layer count", fix="pass n_layers")
+        return f"blocks.{n_layers - 1}.hook_resid_post", None
+    if n.kind == "resid":
+        return f"blocks.{L}.hook_{n.resid}", None
+    if n.kind == "neuron":
+        return f"blocks.{L}.mlp.hook_post", n.index
+    if n.kind == "mlp":
+        return (f"blocks.{L}.hook_mlp_in" if point == "in" else f"blocks.{L}.hook_mlp_out"), None
+    if point in CHANNELS:
+        return f"blocks.{L}.hook_{point}_input", n.head
+    if point == "result":
+        return f"blocks.{L}.attn.hook_result", n.head
+    return f"blocks.{L}.attn.hook_z", n.head
+
+
+_TL_HOOK = re.compile(
+    r"blocks\.(\d+)\.(?:(attn\.hook_result|attn\.hook_z)|hook_(q|k|v)_input|hook_(mlp_in|mlp_out)|hook_(resid_pre|resid_mid|resid_post))"
+)
+
+
+def node_from_tl_hook(hook: str, index: int | None, n_layers: int) -> tuple[Node, str | None]:
+    """Inverse of :func:`tl_hook` for ACDC-style graphs: returns (node, channel-or-None).
+
+    ``blocks.0.hook_resid_pre`` is ``input`` and ``blocks.{last}.hook_resid_post`` is ``logits``.
+    """
+    m = _TL_HOOK.fullmatch(hook)
+    if not m:
+        raise NodeNameError(f"unknown TransformerLens hook {hook!r}", fix="use hook_result/hook_z, hook_{q,k,v}_input, hook_mlp_in/out or hook_resid_*")
+    L = int(m[1])
+    if m[2] or m[3]:
+        if index is None:
+            raise NodeNameError(f"hook {hook!r} needs a head index", fix="give the head index, e.g. [:, :, 3]")
+        return Node(kind="head", layer=L, head=int(index)), m[3]
+    if m[4]:
+        return Node(kind="mlp", layer=L), None
+    if m[5] == "resid_pre" and L == 0:
+        return Node(kind="input"), None
+    if m[5] == "resid_post" and L == n_layers - 1:
+        return Node(kind="logits"), None
+    raise NodeNameError(f"hook {hook!r} is not a circuit node", fix="only blocks.0.hook_resid_pre (input) and the last hook_resid_post (logits) are nodes")
+
+
+# ... and Hugging Face GPT-2 module paths, which the engine hooks directly (no bridge overhead).
+
+HF_EMBED = ("transformer.wte", "transformer.wpe")
+HF_FINAL_LN = "transformer.ln_f"
+
+
+def hf_module(layer: int, role: str) -> str:
+    """Module path inside a GPT2LMHeadModel for a role of block ``layer``.
+
+    Roles: ``block``, ``ln_1``, ``c_attn`` (joint q/k/v projection), ``attn``, ``attn_c_proj``
+    (input = concatenated head outputs z), ``ln_2``, ``mlp``, ``mlp_c_proj`` (input = neuron
+    activations).
+    """
+    base = f"transformer.h.{layer}"
+    paths = {
+        "block": base,
+        "ln_1": f"{base}.ln_1",
+        "attn": f"{base}.attn",
+        "c_attn": f"{base}.attn.c_attn",
+        "attn_c_proj": f"{base}.attn.c_proj",
+        "ln_2": f"{base}.ln_2",
+        "mlp": f"{base}.mlp",
+        "mlp_c_proj": f"{base}.mlp.c_proj",
+    }
+    if role not in paths:
+        raise NodeNameError(f"unknown module role {role!r}", fix=f"use one of {sorted(paths)}")
+    return paths[role]
