@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import socket
 import time
@@ -34,6 +35,8 @@ from circuitsteer.errors import ModelNotAvailableError, UnsupportedArchitectureE
 from circuitsteer.nodes import ModelShape
 
 ZOO_DIR = Path(__file__).parent / "zoo"
+# eager attention: what the bridge switches to anyway, and what exposes attention patterns
+_EAGER: dict[str, Any] = {"attn_implementation": "eager"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,8 +46,16 @@ class Model:
     Calling it runs the raw HF forward and returns logits ``[batch, pos, d_vocab]``.
     """
 
-    def __init__(self, hf: Any, tokenizer: Any, *, name: str, source: str, path: str | None = None,
-                 card: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        hf: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        source: str,
+        path: str | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> None:
         cfg = hf.config
         if getattr(cfg, "model_type", None) != "gpt2":
             raise UnsupportedArchitectureError(
@@ -60,12 +71,17 @@ class Model:
         self.card = card or {}
         d_model = cfg.n_embd
         self.shape = ModelShape(
-            n_layers=cfg.n_layer, n_heads=cfg.n_head, d_model=d_model, d_head=d_model // cfg.n_head,
-            d_mlp=cfg.n_inner or 4 * d_model, d_vocab=cfg.vocab_size, n_ctx=cfg.n_positions,
+            n_layers=cfg.n_layer,
+            n_heads=cfg.n_head,
+            d_model=d_model,
+            d_head=d_model // cfg.n_head,
+            d_mlp=cfg.n_inner or 4 * d_model,
+            d_vocab=cfg.vocab_size,
+            n_ctx=cfg.n_positions,
         )
         self._bridge: Any = None
         self._modules = dict(self.hf.named_modules())
-        self.bridge  # boot now: a broken bridge should fail at load, not mid-analysis
+        _ = self.bridge  # boot now: a broken bridge should fail at load, not mid-analysis
 
     # -- the bridge ---------------------------------------------------------------------------
     @property
@@ -109,7 +125,9 @@ class Model:
             rows = [[self.bos_token_id, *r] for r in rows]
         lengths = {len(r) for r in rows}
         if len(lengths) != 1:
-            raise ValueError(f"texts tokenize to different lengths {sorted(lengths)}; tokenize them one by one")
+            raise ValueError(
+                f"texts tokenize to different lengths {sorted(lengths)}; tokenize them one by one"
+            )
         return torch.tensor(rows, dtype=torch.long, device=self.device)
 
     def to_str_tokens(self, tokens: torch.Tensor | list[int]) -> list[str]:
@@ -142,7 +160,9 @@ class ZooEntry:
 _ZOO: dict[str, ZooEntry] = {}
 
 
-def register_zoo(name: str, description: str, build: Callable[[], tuple[Any, Any, str | None]]) -> None:
+def register_zoo(
+    name: str, description: str, build: Callable[[], tuple[Any, Any, str | None]]
+) -> None:
     _ZOO[name] = ZooEntry(name, description, build)
 
 
@@ -150,8 +170,11 @@ def zoo_names() -> list[str]:
     return sorted(_ZOO)
 
 
-def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None) -> Model:
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Model:
     """Load a zoo model by name, a local Hugging Face folder, or a hub id.
 
     Offline, a hub id that is not in the local HF cache fails within seconds with
@@ -192,24 +215,28 @@ def _looks_like_path(key: str) -> bool:
 def _read_card(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
-    import json
-
     f = Path(path) / "card.json"
     return json.loads(f.read_text()) if f.exists() else {}
 
 
 def _load_local(path: Path) -> tuple[Any, Any]:
-    from transformers import AutoConfig, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     if not (path / "config.json").exists():
         raise ModelNotAvailableError(
             f"{path} has no config.json, so it is not a Hugging Face model folder",
             fix="pass the folder that model.save_pretrained() wrote (config.json + weights)",
         )
-    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    if cfg.model_type != "gpt2":
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as e:
+        raise ModelNotAvailableError(
+            f"{path / 'config.json'} is not a valid config ({e})",
+            fix="re-save the model with model.save_pretrained(DIR)",
+        ) from e
+    if model_type != "gpt2":
         raise UnsupportedArchitectureError(
-            f"{path}: model_type {cfg.model_type!r} is not supported",
+            f"{path}: model_type {model_type!r} is not supported",
             fix="load a GPT-2-architecture checkpoint (GPT2LMHeadModel)",
         )
     hf = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
@@ -245,9 +272,13 @@ def _load_hub(model_id: str) -> tuple[Any, Any]:
     try:
         cfg = AutoConfig.from_pretrained(model_id, local_files_only=True)
         if cfg.model_type != "gpt2":
-            raise UnsupportedArchitectureError(f"{model_id}: model_type {cfg.model_type!r} is not supported",
-                                               fix="load a GPT-2-architecture checkpoint")
-        hf = GPT2LMHeadModel.from_pretrained(model_id, local_files_only=True, attn_implementation="eager")
+            raise UnsupportedArchitectureError(
+                f"{model_id}: model_type {cfg.model_type!r} is not supported",
+                fix="load a GPT-2-architecture checkpoint",
+            )
+        hf = GPT2LMHeadModel.from_pretrained(
+            model_id, local_files_only=True, attn_implementation="eager"
+        )
         return hf, AutoTokenizer.from_pretrained(model_id, local_files_only=True)
     except (OSError, ValueError) as e:
         if isinstance(e, UnsupportedArchitectureError):
@@ -283,8 +314,9 @@ def _boot_bridge(hf: Any, tokenizer: Any, name: str) -> Any:
     # folder), so say so. Tokenization in circuitsteer never relies on add_bos_token.
     tokenizer.init_kwargs.setdefault("name_or_path", name)
     tokenizer.init_kwargs["add_bos_token"] = True
-    bridge = TransformerBridge.boot_transformers(name, hf_model=twin, tokenizer=tokenizer,
-                                                 device=str(next(hf.parameters()).device))
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=twin, tokenizer=tokenizer, device=str(next(hf.parameters()).device)
+    )
     logging.getLogger("transformers").setLevel(level)  # importing the bridge silences transformers
     return bridge
 
@@ -295,7 +327,10 @@ def _boot_bridge(hf: Any, tokenizer: Any, name: str) -> Any:
 
 def _find_gpt2_tokenizer_dir() -> Path | None:
     candidates = [os.environ.get("CIRCUITSTEER_GPT2_TOKENIZER")]
-    candidates += [str(REPO_ROOT.parent / "shared" / "gpt2-tokenizer"), str(Path.cwd().parent / "shared" / "gpt2-tokenizer")]
+    candidates += [
+        str(REPO_ROOT.parent / "shared" / "gpt2-tokenizer"),
+        str(Path.cwd().parent / "shared" / "gpt2-tokenizer"),
+    ]
     for c in candidates:
         if c and (Path(c) / "encoder.json").exists() and (Path(c) / "vocab.bpe").exists():
             return Path(c)
@@ -321,8 +356,13 @@ def gpt2_tokenizer(required: bool = False) -> Any:
     tk = Tokenizer(models.BPE.from_file(str(d / "encoder.json"), str(d / "vocab.bpe")))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
 
 
 def byte_tokenizer() -> Any:
@@ -336,13 +376,26 @@ def byte_tokenizer() -> Any:
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
 
 
-def random_gpt2(n_layers: int = 2, n_heads: int = 4, d_model: int = 32, d_vocab: int = 257,
-                n_ctx: int = 64, seed: int = 0, d_mlp: int | None = None, tokenizer: Any = None,
-                name: str | None = None) -> Model:
+def random_gpt2(
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 32,
+    d_vocab: int = 257,
+    n_ctx: int = 64,
+    seed: int = 0,
+    d_mlp: int | None = None,
+    tokenizer: Any = None,
+    name: str | None = None,
+) -> Model:
     """A GPT-2-architecture model with seeded random weights, built from a config (unit tests).
 
     >>> m = random_gpt2(n_layers=2, n_heads=4, d_model=32)
@@ -351,22 +404,37 @@ def random_gpt2(n_layers: int = 2, n_heads: int = 4, d_model: int = 32, d_vocab:
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, vocab_size=d_vocab,
-                     n_positions=n_ctx, n_inner=d_mlp, attn_implementation="eager",
-                     bos_token_id=min(256, d_vocab - 1), eos_token_id=min(256, d_vocab - 1),
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        n_layer=n_layers,
+        n_head=n_heads,
+        n_embd=d_model,
+        vocab_size=d_vocab,
+        n_positions=n_ctx,
+        n_inner=d_mlp,
+        **_EAGER,
+        bos_token_id=min(256, d_vocab - 1),
+        eos_token_id=min(256, d_vocab - 1),
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     hf = GPT2LMHeadModel(cfg)
     torch.random.set_rng_state(gen_state)
     tok = tokenizer if tokenizer is not None else byte_tokenizer()
-    return Model(hf, tok, name=name or f"random-gpt2-{n_layers}l{n_heads}h{d_model}d-s{seed}", source="random")
+    return Model(
+        hf,
+        tok,
+        name=name or f"random-gpt2-{n_layers}l{n_heads}h{d_model}d-s{seed}",
+        source="random",
+    )
 
 
 def _gpt2_small_shape() -> tuple[Any, Any, str | None]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(attn_implementation="eager")  # defaults are GPT-2 small's shape
+    cfg = GPT2Config(**_EAGER)  # defaults are GPT-2 small's shape
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(cfg)
@@ -388,7 +456,11 @@ def _zoo_folder(name: str) -> Callable[[], tuple[Any, Any, str | None]]:
     return build
 
 
-register_zoo("gpt2-small-shape", "GPT-2 small's architecture with seeded random weights (seed 0) and "
-             "GPT-2's tokenizer when ../shared/gpt2-tokenizer is present", _gpt2_small_shape)
+register_zoo(
+    "gpt2-small-shape",
+    "GPT-2 small's architecture with seeded random weights (seed 0) and "
+    "GPT-2's tokenizer when ../shared/gpt2-tokenizer is present",
+    _gpt2_small_shape,
+)
 for _name in sorted({"toy-ioi", *(d.parent.name for d in ZOO_DIR.glob("*/config.json"))}):
     register_zoo(_name, f"bundled trained model {_name} (see its card.json)", _zoo_folder(_name))

@@ -128,7 +128,9 @@ class Edge:
 def parse_node(name: str) -> Node:
     """Parse a node or residual-site name; raise ``NodeNameError`` if malformed."""
     if not isinstance(name, str):
-        raise NodeNameError(f"node name must be a string, got {type(name).__name__} {name!r}", fix=_NAME_HELP)
+        raise NodeNameError(
+            f"node name must be a string, got {type(name).__name__} {name!r}", fix=_NAME_HELP
+        )
     s = name.strip()
     if s in ("input", "logits"):
         return Node(kind=s)  # type: ignore[arg-type]
@@ -149,17 +151,24 @@ def parse_edge(name: str) -> Edge:
     Edges must point forward in depth (``a7.h3->a5.h5`` is refused).
     """
     if not isinstance(name, str):
-        raise NodeNameError(f"edge name must be a string, got {type(name).__name__}", fix="write 'a5.h5->a7.h3<k>'")
+        raise NodeNameError(
+            f"edge name must be a string, got {type(name).__name__}", fix="write 'a5.h5->a7.h3<k>'"
+        )
     m = _EDGE.fullmatch(name.strip())
     if not m:
-        raise NodeNameError(f"malformed edge {name!r}", fix="write edges as 'src->dst', with '<q>', '<k>' or '<v>' when dst is a head, e.g. 'a5.h5->a7.h3<k>'")
+        raise NodeNameError(
+            f"malformed edge {name!r}",
+            fix="write edges as 'src->dst', with '<q>', '<k>' or '<v>' when dst is a head, e.g. 'a5.h5->a7.h3<k>'",
+        )
     return make_edge(parse_node(m["src"]), parse_node(m["dst"]), m["ch"])
 
 
 def make_edge(src: Node, dst: Node, channel: str | None = None) -> Edge:
     """Build a validated Edge from parsed nodes."""
     if channel is not None and channel not in CHANNELS:
-        raise NodeNameError(f"unknown channel <{channel}> in edge {src.name}->{dst.name}", fix="use <q>, <k> or <v>")
+        raise NodeNameError(
+            f"unknown channel <{channel}> in edge {src.name}->{dst.name}", fix="use <q>, <k> or <v>"
+        )
     if channel is not None and dst.kind != "head":
         raise NodeNameError(
             f"channel <{channel}> on edge {src.name}->{dst.name}, but {dst.name} is not a head",
@@ -223,7 +232,9 @@ def all_mlps(shape: ModelShape) -> list[str]:
 # Hook points. TransformerLens names (bridge, TL patching, ACDC files) ...
 
 
-def tl_hook(node: str | Node, point: str = "out", n_layers: int | None = None) -> tuple[str, int | None]:
+def tl_hook(
+    node: str | Node, point: str = "out", n_layers: int | None = None
+) -> tuple[str, int | None]:
     """TransformerLens hook name and head/neuron index for a node.
 
     ``point``: ``"out"`` (a head's ``hook_z`` in d_head; ``"result"`` for its d_model output),
@@ -235,7 +246,9 @@ def tl_hook(node: str | Node, point: str = "out", n_layers: int | None = None) -
         return "blocks.0.hook_resid_pre", None
     if n.kind == "logits":
         if n_layers is None:
-            raise NodeNameError("the logits' hook point needs the model's layer count", fix="pass n_layers")
+            raise NodeNameError(
+                "the logits' hook point needs the model's layer count", fix="pass n_layers"
+            )
         return f"blocks.{n_layers - 1}.hook_resid_post", None
     if n.kind == "resid":
         return f"blocks.{L}.hook_{n.resid}", None
@@ -262,11 +275,16 @@ def node_from_tl_hook(hook: str, index: int | None, n_layers: int) -> tuple[Node
     """
     m = _TL_HOOK.fullmatch(hook)
     if not m:
-        raise NodeNameError(f"unknown TransformerLens hook {hook!r}", fix="use hook_result/hook_z, hook_{q,k,v}_input, hook_mlp_in/out or hook_resid_*")
+        raise NodeNameError(
+            f"unknown TransformerLens hook {hook!r}",
+            fix="use hook_result/hook_z, hook_{q,k,v}_input, hook_mlp_in/out or hook_resid_*",
+        )
     L = int(m[1])
     if m[2] or m[3]:
         if index is None:
-            raise NodeNameError(f"hook {hook!r} needs a head index", fix="give the head index, e.g. [:, :, 3]")
+            raise NodeNameError(
+                f"hook {hook!r} needs a head index", fix="give the head index, e.g. [:, :, 3]"
+            )
         return Node(kind="head", layer=L, head=int(index)), m[3]
     if m[4]:
         return Node(kind="mlp", layer=L), None
@@ -274,7 +292,10 @@ def node_from_tl_hook(hook: str, index: int | None, n_layers: int) -> tuple[Node
         return Node(kind="input"), None
     if m[5] == "resid_post" and L == n_layers - 1:
         return Node(kind="logits"), None
-    raise NodeNameError(f"hook {hook!r} is not a circuit node", fix="only blocks.0.hook_resid_pre (input) and the last hook_resid_post (logits) are nodes")
+    raise NodeNameError(
+        f"hook {hook!r} is not a circuit node",
+        fix="only blocks.0.hook_resid_pre (input) and the last hook_resid_post (logits) are nodes",
+    )
 
 
 # ... and Hugging Face GPT-2 module paths, which the engine hooks directly (no bridge overhead).

@@ -49,7 +49,9 @@ def tiny_model_3l():
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     if not (GPT2_TOKENIZER_DIR / "encoder.json").exists():
-        pytest.skip(f"GPT-2 tokenizer files not found at {GPT2_TOKENIZER_DIR} (../shared/gpt2-tokenizer)")
+        pytest.skip(
+            f"GPT-2 tokenizer files not found at {GPT2_TOKENIZER_DIR} (../shared/gpt2-tokenizer)"
+        )
     from circuitsteer.models import gpt2_tokenizer as load
 
     return load(required=True)

@@ -1,0 +1,126 @@
+"""Model loading: local HF folders, random models, offline hub ids, the bridge's numerics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+import circuitsteer as cs
+from circuitsteer.errors import ModelNotAvailableError, UnsupportedArchitectureError
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    """A GPT-2-architecture model saved as a plain HF folder (weights + tokenizer)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        vocab_size=257,
+        n_positions=32,
+        bos_token_id=256,
+        eos_token_id=256,
+    )
+    model = GPT2LMHeadModel(cfg)
+    d = tmp_path_factory.mktemp("hfgpt2")
+    model.save_pretrained(d)
+    cs.models.byte_tokenizer().save_pretrained(d)
+    return d
+
+
+def test_local_folder_logits_equal_raw_hf(hf_dir):
+    from transformers import GPT2LMHeadModel
+
+    model = cs.load_model(hf_dir)
+    assert model.source == "local" and model.shape.n_heads == 4
+    raw = GPT2LMHeadModel.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    tokens = model.to_tokens(["hello world", "circuits!!!"])
+    with torch.no_grad():
+        ours = model(tokens)
+        ref = raw(tokens).logits
+        bridge = model.bridge(tokens, return_type="logits")
+    assert ours.shape == (2, tokens.shape[1], 257)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(bridge, ref, atol=1e-5, rtol=0)
+
+
+def test_bridge_shares_weights(hf_dir):
+    model = cs.load_model(hf_dir)
+    w = model.hf.transformer.h[0].attn.c_attn.weight
+    assert any(p is w for p in model.bridge.parameters())
+
+
+def test_raw_tree_has_no_bridge_wrappers(hf_dir):
+    model = cs.load_model(hf_dir)
+    assert type(model.hf.transformer.h[0].attn).__module__.startswith("transformers.")
+
+
+def test_random_model_is_seeded():
+    a, b = cs.random_gpt2(seed=5), cs.random_gpt2(seed=5)
+    c = cs.random_gpt2(seed=6)
+    wa, wb, wc = (m.hf.transformer.h[0].attn.c_attn.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_missing_folder_is_typed():
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
+        cs.load_model("./no/such/model")
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(ModelNotAvailableError, match="config.json"):
+        cs.load_model(tmp_path)
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
+    with pytest.raises(UnsupportedArchitectureError, match="llama"):
+        cs.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("offline_env", ["1", None])
+def test_offline_hub_id_fails_fast(monkeypatch, tmp_path, offline_env):
+    # an empty cache: the id cannot be there; with no network the hub cannot be either
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    if offline_env is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        # a hub endpoint that refuses at once, so the test does not depend on this machine's network
+        monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", offline_env)
+    start = time.monotonic()
+    with pytest.raises(ModelNotAvailableError) as e:
+        cs.load_model("openai-community/gpt2-no-such-model")
+    assert time.monotonic() - start < 10
+    msg = str(e.value)
+    assert "local Hugging Face cache" in msg and "the hub" in msg
+    assert "pass the folder" in msg and "cs.load_model('/path/to/" in msg
+
+
+def test_gpt2_small_shape():
+    model = cs.load_model("gpt2-small-shape")
+    s = model.shape
+    assert (s.n_layers, s.n_heads, s.d_model, s.d_head, s.d_mlp, s.d_vocab) == (
+        12,
+        12,
+        768,
+        64,
+        3072,
+        50257,
+    )
+
+
+def test_gpt2_tokenizer_encodes_mary(gpt2_tokenizer):
+    assert gpt2_tokenizer.encode(" Mary") == [5335]
+
+
+def test_to_tokens_prepends_bos(tiny_model):
+    t = tiny_model.to_tokens("ab")
+    assert t[0, 0].item() == tiny_model.bos_token_id and t.shape == (1, 3)
