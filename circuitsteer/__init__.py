@@ -7,12 +7,21 @@ Example:
     9
 """
 
+from circuitsteer import engine as engine
 from circuitsteer import errors as errors
 from circuitsteer import nodes as nodes
 from circuitsteer.errors import CircuitSteerError as CircuitSteerError
+from circuitsteer.errors import InterventionError as InterventionError
 from circuitsteer.errors import ModelNotAvailableError as ModelNotAvailableError
 from circuitsteer.errors import NodeNameError as NodeNameError
+from circuitsteer.errors import PositionError as PositionError
 from circuitsteer.errors import ShapeMismatchError as ShapeMismatchError
+from circuitsteer.interventions import Ablate as Ablate
+from circuitsteer.interventions import Add as Add
+from circuitsteer.interventions import Patch as Patch
+from circuitsteer.interventions import ProjectOut as ProjectOut
+from circuitsteer.interventions import Scale as Scale
+from circuitsteer.interventions import Site as Site
 from circuitsteer.models import Model as Model
 from circuitsteer.models import load_model as load_model
 from circuitsteer.models import random_gpt2 as random_gpt2

@@ -1,0 +1,17 @@
+"""The intervention engine: scoped hooks on the raw HF model that add, ablate, project, scale or
+patch at heads, q/k/v inputs, MLPs, neurons, residual sites and single edges.
+
+Example:
+    >>> import torch, circuitsteer as cs
+    >>> model = cs.random_gpt2()
+    >>> tokens = torch.randint(0, 256, (2, 6))
+    >>> logits, cache = cs.engine.run(model, tokens, [cs.Scale(cs.Site("m1"), 0.5)], capture=["m1"])
+    >>> tuple(cache["m1"].shape)
+    (2, 6, 32)
+"""
+
+from circuitsteer.engine.api import Cache as Cache
+from circuitsteer.engine.api import VariantResults as VariantResults
+from circuitsteer.engine.api import apply as apply
+from circuitsteer.engine.api import run as run
+from circuitsteer.engine.api import run_variants as run_variants
