@@ -55,6 +55,7 @@ class Model:
         source: str,
         path: str | None = None,
         card: dict[str, Any] | None = None,
+        boot_bridge: bool = True,
     ) -> None:
         cfg = hf.config
         if getattr(cfg, "model_type", None) != "gpt2":
@@ -81,7 +82,8 @@ class Model:
         )
         self._bridge: Any = None
         self._modules = dict(self.hf.named_modules())
-        _ = self.bridge  # boot now: a broken bridge should fail at load, not mid-analysis
+        if boot_bridge:
+            _ = self.bridge  # boot now: a broken bridge should fail at load, not mid-analysis
 
     # -- the bridge ---------------------------------------------------------------------------
     @property
@@ -90,6 +92,20 @@ class Model:
         if self._bridge is None:
             self._bridge = _boot_bridge(self.hf, self.tokenizer, self.name)
         return self._bridge
+
+    def twin(self) -> Model:
+        """A Model over a second HF module tree that shares every parameter tensor: hooks on one
+        do not touch the other (benchmarks compare a hooked and a raw forward side by side)."""
+        hf = copy.deepcopy(self.hf, memo={id(p): p for p in self.hf.parameters()})
+        return Model(
+            hf,
+            self.tokenizer,
+            name=self.name,
+            source=self.source,
+            path=self.path,
+            card=self.card,
+            boot_bridge=False,
+        )
 
     # -- running ------------------------------------------------------------------------------
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:

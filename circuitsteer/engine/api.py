@@ -23,6 +23,7 @@ from circuitsteer.engine.hooks import HookSet
 from circuitsteer.engine.plan import (
     Edit,
     Slot,
+    fuse_head_edits,
     infer_space,
     make_fn,
     parse_capture,
@@ -257,7 +258,7 @@ def compile_plan(
                 )
         seen.setdefault(key, []).append((e, isinstance(iv, Add)))
         edits.append(e)
-    return edits
+    return fuse_head_edits(edits, model)
 
 
 def key_name(key: tuple) -> str:

@@ -240,7 +240,13 @@ class HookSet:
             if edits:
                 z = z.clone()
                 for e in edits:
-                    _apply_edits(z[..., e.slot.cols], [e], self.state, self.model)
+                    # fused multi-head edits see z as [batch, pos, head, d_head]
+                    act = (
+                        z.view(*z.shape[:-1], -1, dh)
+                        if e.slot.head is None
+                        else z[..., e.slot.cols]
+                    )
+                    _apply_edits(act, [e], self.state, self.model)
             if keep:
                 self.state.z[L] = z
             self._capture("z", L, z)

@@ -551,3 +551,38 @@ def test_bad_receivers(model, data):
         cs.Site("resid_pre.1", to=("a2.h0",))
     with pytest.raises(InterventionError):
         cs.Site("m1", channel="q")
+
+
+def test_many_head_edits_fused_equal_hand_computed(model, data):
+    """All heads of every layer at END (zero / add / scale mixed): fused into one op per layer."""
+    s = model.shape
+    end = data.positions["END"]
+    ivs, plan = [], {}
+    for L in range(s.n_layers):
+        for h in range(s.n_heads):
+            kind = (L + h) % 3
+            site = cs.Site(f"a{L}.h{h}", positions="END")
+            if kind == 0:
+                ivs.append(cs.Ablate(site, mode="zero"))
+            elif kind == 1:
+                ivs.append(cs.Add(site, vec(s.d_head, L * 10 + h), coef=0.7))
+            else:
+                ivs.append(cs.Scale(site, 1.5))
+            plan[(L, h)] = kind
+
+    def edit(point, layer, head, channel, t):
+        if point != "z":
+            return t
+        t = t.clone()
+        r = torch.arange(B)
+        kind = plan[(layer, head)]
+        if kind == 0:
+            t[r, end] = 0.0
+        elif kind == 1:
+            t[r, end] += 0.7 * vec(s.d_head, layer * 10 + head)
+        else:
+            t[r, end] *= 1.5
+        return t
+
+    logits, _ = run(model, data.tokens, ivs, positions=data.positions)
+    torch.testing.assert_close(logits, ref.forward(model, data.tokens, edit), atol=2e-5, rtol=0)

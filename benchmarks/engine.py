@@ -1,0 +1,168 @@
+"""Engine overhead, measured side by side in one process (ratios, never bare times).
+
+    python benchmarks/engine.py [--quick] [--device cpu|cuda]
+
+Each case is timed interleaved with the raw Hugging Face forward it is compared with (same
+tokens, same thread count), and the ratio of medians is printed. Targets (issue 5):
+GPT-2-small shape, batch 8 x 16: node-level (1 and 144 heads) <= 1.05x raw, edge-restricted
+<= 1.3x; toy-ioi: node-level <= 1.25x; run_variants K=16 >= 1.5x faster than 16 runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+
+import torch
+
+import circuitsteer as cs
+
+
+def timed(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def compare(
+    cases: dict[str, Callable[[], object]], reps: int, sync: Callable[[], None]
+) -> dict[str, float]:
+    """Median seconds per case, measured round-robin so drift hits every case alike."""
+    for fn in cases.values():  # warm-up
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(reps):
+        for k, fn in cases.items():
+            samples[k].append(timed(fn, sync))
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def in_scope(model, ivs, tokens, stack: ExitStack):
+    """A forward with the interventions installed: hooks go on a weight-sharing twin of the
+    model and stay there (``apply`` held open), so the raw forward runs hook-free beside it."""
+    twin = model.twin()
+    stack.enter_context(cs.engine.apply(twin, ivs))
+    return lambda: twin.hf(input_ids=tokens, use_cache=False)
+
+
+def with_setup(model, ivs, tokens):
+    """``engine.run`` end to end: compile, install, forward, remove."""
+    return lambda: cs.engine.run(model, tokens, ivs)
+
+
+def raw(model, tokens):
+    return lambda: model.hf(input_ids=tokens, use_cache=False)
+
+
+def bench_gpt2_small(reps: int, device: str, sync) -> list[tuple[str, float, str]]:
+    model = cs.load_model("gpt2-small-shape", device=device)
+    s = model.shape
+    tokens = torch.randint(0, s.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
+    z = torch.randn(s.d_head)
+    one = [cs.Add(cs.Site("a9.h9", positions=-1), z, coef=2.0)]
+    all_heads = [cs.Ablate(cs.Site(h, positions=-1), mode="zero") for h in cs.nodes.all_heads(s)]
+    receivers = tuple(f"a9.h{h}<q>" for h in range(12)) + ("m9",)
+    edge = [cs.Add(cs.Site("a7.h3", positions=-1, to=receivers), z, coef=2.0)]
+    edge_all = [
+        cs.Ablate(
+            cs.Site("a5.h5", to=tuple(f"a{L}.h{h}" for L in (6, 7, 8) for h in range(12))),
+            mode="zero",
+        )
+    ]
+    with torch.no_grad(), ExitStack() as stack:
+        med = compare(
+            {
+                "raw": raw(model, tokens),
+                "1 head": in_scope(model, one, tokens, stack),
+                "144 heads": in_scope(model, all_heads, tokens, stack),
+                "edge: 1 sender -> 12 q + 1 MLP": in_scope(model, edge, tokens, stack),
+                "edge: 1 sender -> 36 heads x q,k,v": in_scope(model, edge_all, tokens, stack),
+                "run(): 144 heads, compile+install+forward": with_setup(model, all_heads, tokens),
+                "bridge forward (TransformerLens 4.3)": lambda: model.bridge(
+                    tokens, return_type="logits"
+                ),
+            },
+            reps,
+            sync,
+        )
+    base = med["raw"]
+    targets = {
+        "1 head": "<= 1.05",
+        "144 heads": "<= 1.05",
+        "edge: 1 sender -> 12 q + 1 MLP": "<= 1.3",
+        "edge: 1 sender -> 36 heads x q,k,v": "<= 1.3",
+        "run(): 144 heads, compile+install+forward": "(info)",
+        "bridge forward (TransformerLens 4.3)": "(info)",
+    }
+    return [(f"gpt2-small-shape 8x16, {k}", med[k] / base, t) for k, t in targets.items()]
+
+
+def bench_toy(reps: int, device: str, sync) -> list[tuple[str, float, str]]:
+    try:
+        model = cs.load_model("toy-ioi", device=device)
+    except cs.ModelNotAvailableError as e:
+        print(f"toy-ioi not available ({e.message}); skipping its cases", file=sys.stderr)
+        return []
+    task = cs.tasks.ioi(model, n=8, seed=0)
+    tokens = task.clean.to(device)
+    s = model.shape
+    z = torch.randn(s.d_head)
+    node = [
+        cs.Ablate(cs.Site(f"a{s.n_layers - 1}.h0", positions=-1), mode="zero"),
+        cs.Add(cs.Site("a1.h1"), z),
+    ]
+    variants = [
+        [cs.Add(cs.Site(f"a{k % s.n_layers}.h{k % s.n_heads}"), z, coef=float(k))]
+        for k in range(16)
+    ]
+
+    def separate():
+        for ivs in variants:
+            cs.engine.run(model, tokens, ivs)
+
+    def stacked():
+        cs.engine.run_variants(model, tokens, variants)
+
+    with torch.no_grad(), ExitStack() as stack:
+        med = compare(
+            {"raw": raw(model, tokens), "node": in_scope(model, node, tokens, stack)}, reps, sync
+        )
+        var = compare({"16 runs": separate, "run_variants": stacked}, max(5, reps // 10), sync)
+    return [
+        ("toy-ioi 8 prompts, node-level (2 heads)", med["node"] / med["raw"], "<= 1.25"),
+        (
+            "toy-ioi K=16: 16 runs / run_variants (speed-up)",
+            var["16 runs"] / var["run_variants"],
+            ">= 1.5",
+        ),
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    reps = 15 if args.quick else 60
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, reps {reps}"
+    )
+    rows = bench_gpt2_small(reps, args.device, sync) + bench_toy(reps * 4, args.device, sync)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'case'.ljust(width)}  ratio   target")
+    for name, ratio, target in rows:
+        print(f"{name.ljust(width)}  {ratio:5.3f}  {target}")
+
+
+if __name__ == "__main__":
+    main()
