@@ -124,25 +124,40 @@ class Edge:
         return self.name
 
 
-@lru_cache(maxsize=65536)
 def parse_node(name: str) -> Node:
     """Parse a node or residual-site name; raise ``NodeNameError`` if malformed."""
     if not isinstance(name, str):
         raise NodeNameError(
             f"node name must be a string, got {type(name).__name__} {name!r}", fix=_NAME_HELP
         )
+    return _parse_node(name)
+
+
+_MAX_INDEX = 10**6  # no model has more layers/heads/neurons; bounds depth() arithmetic
+
+
+@lru_cache(maxsize=65536)
+def _parse_node(name: str) -> Node:
     s = name.strip()
     if s in ("input", "logits"):
         return Node(kind=s)  # type: ignore[arg-type]
+    node: Node | None = None
     if m := _HEAD.fullmatch(s):
-        return Node(kind="head", layer=int(m[1]), head=int(m[2]))
-    if m := _NEURON.fullmatch(s):
-        return Node(kind="neuron", layer=int(m[1]), index=int(m[2]))
-    if m := _MLP.fullmatch(s):
-        return Node(kind="mlp", layer=int(m[1]))
-    if m := _RESID.fullmatch(s):
-        return Node(kind="resid", layer=int(m[2]), resid=m[1])
-    raise NodeNameError(f"unknown node name {name!r}", fix=_NAME_HELP)
+        node = Node(kind="head", layer=int(m[1]), head=int(m[2]))
+    elif m := _NEURON.fullmatch(s):
+        node = Node(kind="neuron", layer=int(m[1]), index=int(m[2]))
+    elif m := _MLP.fullmatch(s):
+        node = Node(kind="mlp", layer=int(m[1]))
+    elif m := _RESID.fullmatch(s):
+        node = Node(kind="resid", layer=int(m[2]), resid=m[1])
+    if node is None:
+        raise NodeNameError(f"unknown node name {name!r}", fix=_NAME_HELP)
+    if max(node.layer or 0, node.head or 0, node.index or 0) > _MAX_INDEX:
+        raise NodeNameError(
+            f"index in {name!r} is implausibly large",
+            fix="use the model's layer/head/neuron indices",
+        )
+    return node
 
 
 def parse_edge(name: str) -> Edge:

@@ -1,0 +1,160 @@
+"""The ACDC-style edge graph of a GPT-2-architecture model, as plain names.
+
+Senders are ``input`` (embeddings), every head's output and every MLP's output; receivers are
+every head's q, k and v input, every MLP's input and ``logits``. An edge runs from every sender
+to every receiver deeper than it (``Node.depth``: heads of layer L feed MLP L and everything in
+later layers). GPT-2 small (12 x 12) has 32,491 such edges.
+
+A model with ``d_mlp == 0`` is treated as attention-only (no MLP nodes), as in
+TransformerLens's ``attn-only-*`` models.
+
+Nothing here knows about :class:`~circuitsteer.graph.Circuit`; it works on node names so the
+importers and the circuit class can share it.
+
+Example:
+    >>> from circuitsteer.nodes import ModelShape
+    >>> shape = ModelShape(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257)
+    >>> count_full_edges(shape)
+    32491
+    >>> next(iter(full_edges(shape)))
+    ('input', 'a0.h0', 'q')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from circuitsteer.nodes import CHANNELS, ModelShape, Node, parse_node
+
+EdgeKey = tuple[str, str, str | None]  # (src, dst, channel)
+Positions = tuple[int | str, ...]
+
+SENDER_KINDS = ("input", "head", "mlp")
+RECEIVER_KINDS = ("head", "mlp", "logits")
+
+
+def has_mlps(shape: ModelShape) -> bool:
+    """False for attention-only models (``d_mlp == 0``)."""
+    return shape.d_mlp > 0
+
+
+def all_nodes(shape: ModelShape) -> list[str]:
+    """Every circuit node of a model, in forward order (EAP-IG's node order)."""
+    out = ["input"]
+    for layer in range(shape.n_layers):
+        out += [f"a{layer}.h{h}" for h in range(shape.n_heads)]
+        if has_mlps(shape):
+            out.append(f"m{layer}")
+    out.append("logits")
+    return out
+
+
+def full_edges(shape: ModelShape) -> Iterator[EdgeKey]:
+    """Every edge of the model's edge graph, in EAP-IG's construction order.
+
+    Per layer: every earlier sender into each head's q, k, v; then every sender so far
+    (including this layer's heads) into the MLP; finally every sender into ``logits``.
+    """
+    senders = ["input"]
+    for layer in range(shape.n_layers):
+        heads = [f"a{layer}.h{h}" for h in range(shape.n_heads)]
+        for s in senders:
+            for h in heads:
+                for ch in CHANNELS:
+                    yield (s, h, ch)
+        senders += heads
+        if has_mlps(shape):
+            mlp = f"m{layer}"
+            for s in senders:
+                yield (s, mlp, None)
+            senders.append(mlp)
+    for s in senders:
+        yield (s, "logits", None)
+
+
+def count_full_edges(shape: ModelShape) -> int:
+    """Closed form of ``len(list(full_edges(shape)))``."""
+    h, m = shape.n_heads, int(has_mlps(shape))
+    total = 0
+    for layer in range(shape.n_layers):
+        before = 1 + layer * (h + m)  # senders visible to this layer's heads
+        total += 3 * h * before + m * (before + h)
+    return total + 1 + shape.n_layers * (h + m)
+
+
+def node_key(name: str) -> tuple[float, int]:
+    """Sort key: forward order, then head index."""
+    n = parse_node(name)
+    return (n.depth(), n.head if n.head is not None else -1)
+
+
+def edge_key(src: str, dst: str, channel: str | None) -> tuple:
+    """Canonical edge order: by receiver (ACDC lists child first), its channel, then sender."""
+    ch = CHANNELS.index(channel) if channel in CHANNELS else -1  # type: ignore[arg-type]
+    return (node_key(dst), ch, node_key(src))
+
+
+def is_sender(node: Node) -> bool:
+    return node.kind in SENDER_KINDS
+
+
+def is_receiver(node: Node) -> bool:
+    return node.kind in RECEIVER_KINDS
+
+
+def implied_edges(nodes: Iterable[str]) -> list[EdgeKey]:
+    """Every edge of the full edge graph whose two ends are both in ``nodes`` (canonical order).
+
+    >>> implied_edges(["input", "a0.h1", "logits"])
+    [('input', 'a0.h1', 'q'), ('input', 'a0.h1', 'k'), ('input', 'a0.h1', 'v'), ('input', 'logits', None), ('a0.h1', 'logits', None)]
+    """
+    parsed = sorted({parse_node(n) for n in nodes}, key=lambda n: (n.depth(), n.head or 0))
+    out: list[EdgeKey] = []
+    for dst in parsed:
+        if not is_receiver(dst):
+            continue
+        channels: Sequence[str | None] = CHANNELS if dst.kind == "head" else (None,)
+        for ch in channels:
+            for src in parsed:
+                if is_sender(src) and src.depth() < dst.depth():
+                    out.append((src.name, dst.name, ch))
+    return out
+
+
+def edge_positions(
+    src_positions: Positions | None, dst_positions: Positions | None, channel: str | None
+) -> Positions | None:
+    """Positions of an edge implied by its ends' positions.
+
+    A query (and an MLP or the logits) reads the sender at the receiver's own position, so a
+    ``q`` edge (or one without channel) lives at the receiver's positions. Keys and values are
+    read at the positions the receiver attends to, i.e. where the sender acted, so ``k``/``v``
+    edges live at the sender's positions. ``None`` means all positions.
+
+    >>> edge_positions(("S1+1",), ("S2",), "k"), edge_positions(("END",), ("END",), "q")
+    (('S1+1',), ('END',))
+    """
+    if channel in ("k", "v"):
+        return src_positions
+    return dst_positions
+
+
+def expand_rules(rules: Sequence[dict], resolve: Callable[[str], Iterable[str]]) -> list[EdgeKey]:
+    """Expand class-level wiring rules into edges (canonical order, no duplicates).
+
+    Each rule is ``{"src": [selector, ...], "dst": [selector, ...], "channels": ["q", ...]}``;
+    ``resolve(selector)`` returns node names. Only pairs that point forward in depth are kept;
+    ``channels`` (default q, k, v) applies to head receivers only.
+    """
+    seen: dict[EdgeKey, None] = {}
+    for rule in rules:
+        srcs = [parse_node(n) for sel in rule["src"] for n in resolve(sel)]
+        dsts = [parse_node(n) for sel in rule["dst"] for n in resolve(sel)]
+        channels = tuple(rule.get("channels") or CHANNELS)
+        for s in srcs:
+            for d in dsts:
+                if not (is_sender(s) and is_receiver(d) and s.depth() < d.depth()):
+                    continue
+                for ch in channels if d.kind == "head" else (None,):
+                    seen[(s.name, d.name, ch)] = None
+    return sorted(seen, key=lambda e: edge_key(*e))
