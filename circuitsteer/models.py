@@ -190,8 +190,12 @@ def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    bridge: bool = True,
 ) -> Model:
     """Load a zoo model by name, a local Hugging Face folder, or a hub id.
+
+    ``bridge=False`` defers booting the TransformerLens bridge to the first ``model.bridge``
+    (for machines without TransformerLens, or when only the engine is needed).
 
     Offline, a hub id that is not in the local HF cache fails within seconds with
     ``ModelNotAvailableError`` (no retries).
@@ -201,11 +205,13 @@ def load_model(
     key = str(name_or_path)
     if key in _ZOO:
         hf, tok, path = _ZOO[key].build()
-        model = Model(hf, tok, name=key, source="zoo", path=path, card=_read_card(path))
+        model = Model(
+            hf, tok, name=key, source="zoo", path=path, card=_read_card(path), boot_bridge=bridge
+        )
     elif Path(key).expanduser().exists():
         path = Path(key).expanduser().resolve()
         hf, tok = _load_local(path)
-        model = Model(hf, tok, name=path.name, source="local", path=str(path))
+        model = Model(hf, tok, name=path.name, source="local", path=str(path), boot_bridge=bridge)
     elif _looks_like_path(key):
         raise ModelNotAvailableError(
             f"model folder {key!r} does not exist",
@@ -213,7 +219,7 @@ def load_model(
         )
     else:
         hf, tok = _load_hub(key)
-        model = Model(hf, tok, name=key, source="hub", path=None)
+        model = Model(hf, tok, name=key, source="hub", path=None, boot_bridge=bridge)
     return _place(model, device, dtype)
 
 
