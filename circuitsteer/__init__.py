@@ -9,13 +9,21 @@ Example:
 
 from circuitsteer import engine as engine
 from circuitsteer import errors as errors
+from circuitsteer import formats as formats
+from circuitsteer import metrics as metrics
 from circuitsteer import nodes as nodes
+from circuitsteer import tasks as tasks
+from circuitsteer.circuit_io import shipped_circuits as shipped_circuits
 from circuitsteer.errors import CircuitSteerError as CircuitSteerError
 from circuitsteer.errors import InterventionError as InterventionError
 from circuitsteer.errors import ModelNotAvailableError as ModelNotAvailableError
 from circuitsteer.errors import NodeNameError as NodeNameError
 from circuitsteer.errors import PositionError as PositionError
 from circuitsteer.errors import ShapeMismatchError as ShapeMismatchError
+from circuitsteer.graph import Circuit as Circuit
+from circuitsteer.graph import CircuitEdge as CircuitEdge
+from circuitsteer.graph import full_edge_graph as full_edge_graph
+from circuitsteer.graph import load_circuit as load_circuit
 from circuitsteer.interventions import Ablate as Ablate
 from circuitsteer.interventions import Add as Add
 from circuitsteer.interventions import Patch as Patch

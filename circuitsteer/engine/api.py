@@ -75,17 +75,18 @@ class _References:
 
     def get(self, tokens: torch.Tensor, name: str) -> torch.Tensor:
         key = id(tokens)
-        if key not in self.done:
+        done = self.done.setdefault(key, Cache())
+        if name not in done:  # one pass for everything wanted from this batch so far
             toks, names = self.wanted[key]
-            captures = {n: parse_capture(n, self.model) for n in names}
+            captures = {n: parse_capture(n, self.model) for n in names if n not in done}
             hs = HookSet(self.model, [], captures)
             try:
                 with torch.no_grad():
                     self.model(toks)
             finally:
                 hs.remove()
-            self.done[key] = Cache(hs.captured)
-        return self.done[key][name]
+            done.update(hs.captured)
+        return done[name]
 
 
 def _reference_tokens(iv: Ablate) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None]:

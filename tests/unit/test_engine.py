@@ -586,3 +586,12 @@ def test_many_head_edits_fused_equal_hand_computed(model, data):
 
     logits, _ = run(model, data.tokens, ivs, positions=data.positions)
     torch.testing.assert_close(logits, ref.forward(model, data.tokens, edit), atol=2e-5, rtol=0)
+
+
+def test_run_variants_chunks_with_different_reference_sites(model, data):
+    """Each chunk may want other sites from the same reference batch (captured on demand)."""
+    heads = [f"a{L}.h{h}" for L in range(3) for h in range(4)]
+    variants = [[cs.Ablate(cs.Site(h), mode="resample", reference=data.corrupted)] for h in heads]
+    stacked = run_variants(model, data.tokens, variants, max_batch=2 * B)
+    for k, ivs in enumerate(variants):
+        assert torch.equal(stacked.logits[k], run(model, data.tokens, ivs)[0]), heads[k]

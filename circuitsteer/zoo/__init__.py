@@ -1,0 +1,14 @@
+"""The zoo: small GPT-2-architecture models trained by circuitsteer itself, shipped with weights,
+a word-level tokenizer and a model card (card.json + README.md) holding measured task scores.
+
+* ``toy-ioi``: 4 layers x 4 heads, d_model 128, trained on IOI / greater-than / sentiment /
+  neutral text from :mod:`circuitsteer.tasks` (``python -m circuitsteer.zoo.train toy-ioi``).
+
+Load with ``circuitsteer.load_model("toy-ioi")``; re-measure with
+:func:`circuitsteer.zoo.evaluate.evaluate`.
+
+Example:
+    >>> from circuitsteer.zoo.train import RECIPES
+    >>> sorted(RECIPES)
+    ['toy-ioi']
+"""
