@@ -34,7 +34,8 @@ def demo(
     n: int = typer.Option(200, help="IOI examples"),
     seed: int = typer.Option(0),
 ) -> None:
-    """Load the bundled model and print an IOI check: logit difference clean vs ABC-corrupted."""
+    """IOI check on the bundled model: logit difference clean vs ABC-corrupted, then the change
+    when each head is resample-ablated (its output taken from the corrupted prompt)."""
     import time
 
     import torch
@@ -44,23 +45,38 @@ def demo(
     t0 = time.perf_counter()
     m = cs.load_model(model)
     load_s = time.perf_counter() - t0
-    task = cs.tasks.ioi(m, n=n, seed=seed)
+    task = cs.tasks.ioi(m, n=n, seed=seed, split="heldout" if m.name == "toy-ioi" else None)
     with torch.no_grad():
-        clean = m(task.clean)
-        corrupted = m(task.corrupted)
+        clean, _ = cs.engine.run(m, task)
+        corrupted, _ = cs.engine.run(m, task.corrupted)
     ld_clean = cs.metrics.logit_diff(clean, task)
-    ld_corr = cs.metrics.logit_diff(corrupted, task)
-    acc = cs.metrics.accuracy(clean, task)
     table = Table(
-        title=f"IOI check on {m.name} ({n} prompts, seed {seed}; loaded in {load_s:.1f}s)"
+        title=f"IOI check on {m.name}: {n} prompts, seed {seed} (loaded in {load_s:.1f}s)"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("logit diff (clean), mean", f"{ld_clean.mean():.3f}")
-    table.add_row("accuracy (IO beats S)", f"{acc.float().mean():.3f}")
-    table.add_row("logit diff (ABC corrupted), mean", f"{ld_corr.mean():.3f}")
+    table.add_row("accuracy (IO beats S)", f"{cs.metrics.accuracy(clean, task).float().mean():.3f}")
+    table.add_row(
+        "logit diff (ABC corrupted), mean", f"{cs.metrics.logit_diff(corrupted, task).mean():.3f}"
+    )
     console.print(table)
     console.print("example:", repr(task.prompts[0]))
+
+    s = m.shape
+    heads = cs.nodes.all_heads(s)
+    variants = [[cs.Ablate(cs.Site(h), mode="resample", reference=task.corrupted)] for h in heads]
+    per_head = cs.engine.run_variants(
+        m, task, variants, reduce=lambda lg: cs.metrics.logit_diff(lg, task).mean()
+    )
+    delta = (per_head.logits - ld_clean.mean()).view(s.n_layers, s.n_heads)
+    grid = Table(title="change in mean logit diff when one head is resample-ablated (layer x head)")
+    grid.add_column("layer")
+    for h in range(s.n_heads):
+        grid.add_column(f"h{h}", justify="right")
+    for layer in range(s.n_layers):
+        grid.add_row(str(layer), *(f"{delta[layer, h]:+.2f}" for h in range(s.n_heads)))
+    console.print(grid)
 
 
 if __name__ == "__main__":

@@ -28,19 +28,27 @@ def test_resample_per_head_all_positions_equals_tl_patching(setup):
     # TL patches the given cache into a run on the given tokens: "corrupted_tokens" is our clean run
     tl = patching.get_act_patch_attn_head_out_all_pos(model.bridge, clean, corrupted_cache, metric)
     heads = [(L, h) for L in range(2) for h in range(4)]
-    variants = [[cs.Ablate(cs.Site(f"a{L}.h{h}"), mode="resample", reference=corrupted)] for L, h in heads]
-    ours = cs.engine.run_variants(model, clean, variants, reduce=lambda lg: metric(lg)).logits.view(2, 4)
+    variants = [
+        [cs.Ablate(cs.Site(f"a{L}.h{h}"), mode="resample", reference=corrupted)] for L, h in heads
+    ]
+    ours = cs.engine.run_variants(model, clean, variants, reduce=lambda lg: metric(lg)).logits.view(
+        2, 4
+    )
     torch.testing.assert_close(ours, tl, atol=1e-5, rtol=0)
     assert tl.abs().max() > 1e-3  # the comparison is not between two zeros
 
 
 def test_resample_per_head_per_position_equals_tl_patching(setup):
     model, clean, corrupted, corrupted_cache = setup
-    tl = patching.get_act_patch_attn_head_out_by_pos(model.bridge, clean, corrupted_cache, metric)  # [L, pos, H]
+    tl = patching.get_act_patch_attn_head_out_by_pos(
+        model.bridge, clean, corrupted_cache, metric
+    )  # [L, pos, H]
     ours = torch.zeros_like(tl)
     for L in range(2):
         for p in range(clean.shape[1]):
             for h in range(4):
-                iv = cs.Ablate(cs.Site(f"a{L}.h{h}", positions=p), mode="resample", reference=corrupted)
+                iv = cs.Ablate(
+                    cs.Site(f"a{L}.h{h}", positions=p), mode="resample", reference=corrupted
+                )
                 ours[L, p, h] = metric(cs.engine.run(model, clean, [iv])[0])
     torch.testing.assert_close(ours, tl, atol=1e-5, rtol=0)
