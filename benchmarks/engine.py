@@ -59,6 +59,18 @@ def in_scope(model, ivs, tokens, stack: ExitStack):
     return lambda: twin.hf(input_ids=tokens, use_cache=False)
 
 
+def tl_one_head(model, z, tokens):
+    """The same 1-head addition the TransformerLens way: a hook on the bridge's hook_z."""
+
+    def hook(act, hook):
+        act[:, -1, 9] += 2.0 * z
+        return act
+
+    return lambda: model.bridge.run_with_hooks(
+        tokens, return_type="logits", fwd_hooks=[("blocks.9.attn.hook_z", hook)]
+    )
+
+
 def with_setup(model, ivs, tokens):
     """``engine.run`` end to end: compile, install, forward, remove."""
     return lambda: cs.engine.run(model, tokens, ivs)
@@ -86,21 +98,20 @@ def bench_gpt2_small(reps: int, device: str, sync) -> list[tuple[str, float, str
         )
     ]
     with torch.no_grad(), ExitStack() as stack:
-        med = compare(
-            {
-                "raw": raw(model, tokens),
-                "1 head": in_scope(model, one, tokens, stack),
-                "144 heads": in_scope(model, all_heads, tokens, stack),
-                "edge: 1 sender -> 12 q + 1 MLP": in_scope(model, edge, tokens, stack),
-                "edge: 1 sender -> 36 heads x q,k,v": in_scope(model, edge_all, tokens, stack),
-                "run(): 144 heads, compile+install+forward": with_setup(model, all_heads, tokens),
-                "bridge forward (TransformerLens 4.3)": lambda: model.bridge(
-                    tokens, return_type="logits"
-                ),
-            },
-            reps,
-            sync,
-        )
+        cases = {
+            "raw": raw(model, tokens),
+            "1 head": in_scope(model, one, tokens, stack),
+            "144 heads": in_scope(model, all_heads, tokens, stack),
+            "edge: 1 sender -> 12 q + 1 MLP": in_scope(model, edge, tokens, stack),
+            "edge: 1 sender -> 36 heads x q,k,v": in_scope(model, edge_all, tokens, stack),
+            "run(): 144 heads, compile+install+forward": with_setup(model, all_heads, tokens),
+        }
+        if HAVE_TL:
+            cases["bridge forward (TransformerLens)"] = lambda: model.bridge(
+                tokens, return_type="logits"
+            )
+            cases["bridge run_with_hooks, same 1-head add"] = tl_one_head(model, z, tokens)
+        med = compare(cases, reps, sync)
     base = med["raw"]
     targets = {
         "1 head": "<= 1.05",
@@ -109,6 +120,7 @@ def bench_gpt2_small(reps: int, device: str, sync) -> list[tuple[str, float, str
         "edge: 1 sender -> 36 heads x q,k,v": "<= 1.3",
         "run(): 144 heads, compile+install+forward": "(info)",
         "bridge forward (TransformerLens)": "(info)",
+        "bridge run_with_hooks, same 1-head add": "(info)",
     }
     return [
         (f"gpt2-small-shape 8x16, {k}", med[k] / base, t) for k, t in targets.items() if k in med
@@ -146,14 +158,45 @@ def bench_toy(reps: int, device: str, sync) -> list[tuple[str, float, str]]:
             {"raw": raw(model, tokens), "node": in_scope(model, node, tokens, stack)}, reps, sync
         )
         var = compare({"16 runs": separate, "run_variants": stacked}, max(5, reps // 10), sync)
-    return [
-        ("toy-ioi 8 prompts, node-level (2 heads)", med["node"] / med["raw"], "<= 1.25"),
-        (
-            "toy-ioi K=16: 16 runs / run_variants (speed-up)",
-            var["16 runs"] / var["run_variants"],
-            ">= 1.5",
-        ),
-    ]
+        rows = [
+            ("toy-ioi 8 prompts, node-level (2 heads)", med["node"] / med["raw"], "<= 1.25"),
+            (
+                "toy-ioi K=16: 16 runs / run_variants (speed-up)",
+                var["16 runs"] / var["run_variants"],
+                ">= 1.5",
+            ),
+        ]
+        if HAVE_TL:
+            rows.append(patching_speedup(model, max(3, reps // 40), sync))
+    return rows
+
+
+def patching_speedup(model, reps: int, sync) -> tuple[str, float, str]:
+    """Per-head resample patching of every head (all positions), 64 prompts: TransformerLens's
+    ``patching.get_act_patch_attn_head_out_all_pos`` on the bridge vs ``run_variants``."""
+    import os
+
+    from transformer_lens import patching
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    task = cs.tasks.ioi(model, n=64, seed=0)
+
+    def metric(logits):
+        return cs.metrics.logit_diff(logits, task).mean()
+
+    def tl():
+        _, cache = model.bridge.run_with_cache(task.corrupted)
+        patching.get_act_patch_attn_head_out_all_pos(model.bridge, task.clean, cache, metric)
+
+    heads = cs.nodes.all_heads(model.shape)
+    variants = [[cs.Ablate(cs.Site(h), mode="resample", reference=task.corrupted)] for h in heads]
+
+    def ours():
+        cs.engine.run_variants(model, task, variants, reduce=metric)
+
+    med = compare({"tl": tl, "ours": ours}, reps, sync)
+    name = "toy-ioi 64 prompts, patch every head: TL patching / run_variants (speed-up)"
+    return (name, med["tl"] / med["ours"], "(info)")
 
 
 def main() -> None:

@@ -184,6 +184,7 @@ class HookSet:
         attn = self.model.module(hf_module(L, "c_attn"))
         ln = self.model.module(hf_module(L, "ln_1"))
         offset = {"q": 0, "k": d, "v": 2 * d}
+        col_cache: dict[tuple, torch.Tensor] = {}
 
         def hook(module, args, out):
             x = self.state.ln1_in[L]
@@ -215,12 +216,15 @@ class HookSet:
                 for h, ch in members:
                     if (h, ch) in caps:
                         self.captured[caps[(h, ch)]] = xe.detach().clone()
-                cols = torch.cat(
-                    [
-                        torch.arange(offset[ch] + h * dh, offset[ch] + (h + 1) * dh)
-                        for h, ch in members
-                    ]
-                )
+                key = tuple(members)
+                cols = col_cache.get(key)
+                if cols is None:  # built once per receiver group, on the weights' device
+                    cols = col_cache[key] = torch.cat(
+                        [
+                            torch.arange(offset[c] + h * dh, offset[c] + (h + 1) * dh)
+                            for h, c in members
+                        ]
+                    ).to(attn.weight.device)
                 normed = F.layer_norm(xe, (d,), ln.weight, ln.bias, ln.eps)
                 out[..., cols] = torch.addmm(
                     attn.bias[cols], normed.reshape(-1, d), attn.weight[:, cols]

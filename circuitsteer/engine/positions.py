@@ -8,7 +8,7 @@ in every row, or one set per example (named positions such as ``END``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,12 @@ class Selector:
     n: int | None = None
     fixed: tuple[int, ...] | slice | None = None
     per_example: torch.Tensor | None = None
+    _index_cache: dict = field(default_factory=dict, repr=False, compare=False)
+    _max_pos: int = -1
+
+    def __post_init__(self) -> None:
+        if self.per_example is not None:
+            self._max_pos = int(self.per_example.max())  # once, not per forward (a GPU sync)
 
     def rows(self, batch: int) -> slice:
         return slice(self.row0, batch if self.n is None else self.row0 + self.n)
@@ -44,7 +50,20 @@ class Selector:
                 f"positions {bad} are outside the sequence of length {seq}",
                 fix=f"use positions in -{seq}..{seq - 1}",
             )
+        if idx == list(range(idx[0], idx[0] + len(idx))):
+            return slice(idx[0], idx[0] + len(idx))  # a view: no gather/scatter kernels, no copy
         return torch.tensor(idx, dtype=torch.long)
+
+    def _rows_pos(self, rows: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and position index tensors, made once per device (no host-to-device copy per call)."""
+        assert self.per_example is not None
+        key = (rows.start, device)
+        cached = self._index_cache.get(key)
+        if cached is None:
+            n = self.per_example.shape[0]
+            r = torch.arange(rows.start, rows.start + n, device=device)[:, None]
+            cached = self._index_cache[key] = (r, self.per_example.to(device))
+        return cached
 
     def check(self, act: torch.Tensor) -> None:
         batch = act.shape[0]
@@ -53,9 +72,9 @@ class Selector:
                 f"this intervention was compiled for {self.row0 + self.n} examples but the forward has {batch}",
                 fix="run the same batch the named positions / reference data were given for",
             )
-        if self.per_example is not None and int(self.per_example.max()) >= act.shape[1]:
+        if self._max_pos >= act.shape[1]:
             raise PositionError(
-                f"a named position ({int(self.per_example.max())}) is past the sequence length {act.shape[1]}",
+                f"a named position ({self._max_pos}) is past the sequence length {act.shape[1]}",
                 fix="pass the tokens the task's positions belong to",
             )
 
@@ -69,9 +88,8 @@ class Selector:
             return act[rows]
         if self.kind == "fixed":
             return act[rows][:, self._fixed_index(act.shape[1])]
-        assert self.per_example is not None
-        r = torch.arange(rows.start, rows.start + self.per_example.shape[0], device=act.device)
-        return act[r[:, None], self.per_example.to(act.device)]
+        r, pos = self._rows_pos(rows, act.device)
+        return act[r, pos]
 
     def put(self, act: torch.Tensor, values: torch.Tensor) -> None:
         """Write ``values`` (shaped like ``get``'s result) into ``act`` in place."""
@@ -85,9 +103,8 @@ class Selector:
             else:
                 act[rows.start : rows.stop, idx.to(act.device)] = values
         else:
-            assert self.per_example is not None
-            r = torch.arange(rows.start, rows.start + self.per_example.shape[0], device=act.device)
-            act[r[:, None], self.per_example.to(act.device)] = values
+            r, pos = self._rows_pos(rows, act.device)
+            act[r, pos] = values
 
     def mask(self, batch: int, seq: int, device: torch.device | None = None) -> torch.Tensor:
         """Bool ``[batch, seq]``: True where this selector acts (used for overlap checks)."""
