@@ -364,8 +364,7 @@ def gpt2_tokenizer(required: bool = False) -> Any:
 
     Without those files: a byte-level fallback (ids 0..255 + ``<|endoftext|>``) unless ``required``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
 
     d = _find_gpt2_tokenizer_dir()
     if d is None:
@@ -376,6 +375,15 @@ def gpt2_tokenizer(required: bool = False) -> Any:
             )
         return byte_tokenizer()
     tk = Tokenizer(models.BPE.from_file(str(d / "encoder.json"), str(d / "vocab.bpe")))
+    return _byte_level_fast(tk)
+
+
+def _byte_level_fast(tk: Any) -> Any:
+    """Wrap a BPE ``tokenizers.Tokenizer`` GPT-2 style: byte-level pre-tokenizer and decoder,
+    ``<|endoftext|>`` as BOS, EOS, pad and unk."""
+    from tokenizers import decoders, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(
@@ -389,22 +397,13 @@ def gpt2_tokenizer(required: bool = False) -> Any:
 
 def byte_tokenizer() -> Any:
     """A byte-level tokenizer (256 byte tokens + ``<|endoftext|>`` as 256) for random test models."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     vocab["<|endoftext|>"] = len(vocab)
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
+    return _byte_level_fast(tk)
 
 
 def random_gpt2(
