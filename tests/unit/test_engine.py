@@ -609,7 +609,9 @@ def test_gradients_flow_through_every_kind_of_edit(model, data):
         cs.Scale(cs.Site("m1", positions="END"), 0.5),
         cs.Add(cs.Site("a0.h1", to=("a2.h0<q>", "m1")), vec(s.d_head, 7), coef=2.0),
         cs.ProjectOut(cs.Site("a2.h3", channel="k"), D),
-        cs.Ablate(cs.Site("resid_mid.1", positions="END"), mode="resample", reference=data.corrupted),
+        cs.Ablate(
+            cs.Site("resid_mid.1", positions="END"), mode="resample", reference=data.corrupted
+        ),
     ]
     wte = model.hf.transformer.wte.weight
     logits, _ = run(model, data.tokens, ivs, positions=data.positions, grad=True)

@@ -1,0 +1,17 @@
+"""The README's quick tour runs as written (on the bundled toy-ioi model)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_quick_tour_runs():
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert code, "README has no python block"
+    namespace: dict = {}
+    exec(compile(code.group(1), str(README), "exec"), namespace)
+    assert namespace["per_head"].logits.shape == (16,)
+    assert namespace["circuit"].nodes_by_class("name mover") == ["a9.h9", "a10.h0", "a9.h6"]
