@@ -206,7 +206,12 @@ def _overlap(a: Selector, b: Selector) -> bool:
     if "all" in (a.kind, b.kind) or isinstance(a.fixed, slice) or isinstance(b.fixed, slice):
         return True
     if a.kind == b.kind == "fixed":
-        return bool(set(a.fixed or ()) & set(b.fixed or ()))
+        fa, fb = tuple(a.fixed or ()), tuple(b.fixed or ())
+        if any(p < 0 for p in fa) != any(p < 0 for p in fb):
+            return (
+                True  # -1 and 4 may be the same position; the length is only known in the forward
+            )
+        return bool(set(fa) & set(fb))
     if (
         a.kind == b.kind == "per_example"
         and a.per_example is not None

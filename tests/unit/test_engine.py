@@ -531,6 +531,12 @@ def test_conflicting_interventions(model, data):
         )
     with pytest.raises(InterventionError, match="conflicting"):
         run(model, data.tokens, [cs.Scale(cs.Site("m1"), 2.0), cs.Ablate(cs.Site("m1.n3"))])
+    with pytest.raises(InterventionError, match="conflicting"):
+        run(
+            model,
+            data.tokens,
+            [cs.Ablate(cs.Site("m0", positions=-1)), cs.Scale(cs.Site("m0", positions=6), 2.0)],
+        )
     # adds stack; disjoint positions do not conflict
     run(
         model,
