@@ -10,8 +10,8 @@ Example:
     (2, 6, 32)
 """
 
-from circuitsteer.engine.api import Cache as Cache
 from circuitsteer.engine.api import VariantResults as VariantResults
 from circuitsteer.engine.api import apply as apply
 from circuitsteer.engine.api import run as run
 from circuitsteer.engine.api import run_variants as run_variants
+from circuitsteer.engine.sources import Cache as Cache
