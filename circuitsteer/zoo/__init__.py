@@ -12,3 +12,13 @@ Example:
     >>> sorted(RECIPES)
     ['toy-ioi']
 """
+
+# what a zoo folder holds (train.py writes them; circuitsteer.models loads them)
+FOLDER_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "card.json",
+    "README.md",
+)

@@ -7,20 +7,14 @@ from dataclasses import replace
 
 import torch
 
+from circuitsteer.zoo import FOLDER_FILES
 from circuitsteer.zoo.train import RECIPES, main, train
 
 
 def test_train_few_steps_writes_a_loadable_folder(tmp_path):
     r = replace(RECIPES["toy-ioi"], steps=3, batch=8, chunk_steps=3, n_layer=2, n_embd=32)
     card = train(r, out=tmp_path, eval_n=8, quiet=True)
-    for f in (
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "card.json",
-        "README.md",
-    ):
+    for f in FOLDER_FILES:
         assert (tmp_path / f).exists(), f
     assert json.loads((tmp_path / "card.json").read_text())["scores"] == card["scores"]
     assert set(card["scores"]) >= {"ioi_logit_diff", "ioi_accuracy", "ioi_abc_logit_diff",

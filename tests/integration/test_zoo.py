@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from circuitsteer.models import ZOO_DIR, load_model
+from circuitsteer.zoo import FOLDER_FILES
 from circuitsteer.zoo.evaluate import evaluate
 
 FOLDER = ZOO_DIR / "toy-ioi"
@@ -31,14 +32,7 @@ def measured(toy, card):
 
 
 def test_folder_contents():
-    for f in (
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "card.json",
-        "README.md",
-    ):
+    for f in FOLDER_FILES:
         assert (FOLDER / f).exists(), f
     assert (FOLDER / "model.safetensors").stat().st_size <= 20 * 2**20
 
