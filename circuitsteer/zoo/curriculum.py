@@ -1,0 +1,147 @@
+"""Training data where *repetition* is the only consistent cue for IOI (the ioi-circuit recipe).
+
+toy-ioi learned IOI from the 15 templates alone and solved it by slot: in those templates the
+repeated name, the S2 slot and the last name before END coincide. This mixture pulls them apart
+and makes duplicate detection and copying pay off beyond IOI, as language modelling does for
+GPT-2:
+
+* ``induction``: random words with repeated spans (several copies per sequence), so
+  previous-token and induction heads pay off everywhere.
+* ``dup_list``: "Mary, John, Anna, John, Mary. Then everyone said to Anna": copy the name
+  mentioned once (duplicate-token detection + a mover that avoids duplicated names).
+* ``ioi``: IOI on training name pairs and templates (:mod:`circuitsteer.tasks.ioi_probes`):
+  half with a name-bearing prefix (fresh name or S), some with a name-bearing suffix after the
+  answer; the S2 slot sometimes holds a fresh name: then, if S was repeated in the prefix, the
+  answer is still the once-mentioned first-clause name, and if nothing repeats the target is
+  either first-clause name with probability 1/2 (no slot or recency shortcut pays).
+* ``greater_than``, ``sentiment``, ``neutral``: kept at about 10% each.
+
+Phase 1 (``induction_steps``) is induction-heavy so that the previous-token -> induction chain
+forms first (a loss cliff at ~500-700 steps was measured on this model size), then the mixture.
+
+Example:
+    >>> from circuitsteer.zoo.tokenizer import toy_tokenizer
+    >>> seqs = curriculum_chunk(toy_tokenizer(), PHASE2, size=8, seed=0, chunk=0)
+    >>> len(seqs), all(s[0] == toy_tokenizer().bos_token_id for s in seqs)
+    (8, True)
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from circuitsteer.tasks import greater_than, neutral, sentiment
+from circuitsteer.tasks.ioi import NAMES
+from circuitsteer.tasks.ioi_probes import TRAIN_TEMPLATES, ioi_variant
+
+PHASE1 = {"induction": 0.6, "dup_list": 0.1, "ioi": 0.1, "greater_than": 0.07,
+          "sentiment": 0.07, "neutral": 0.06}  # fmt: skip
+PHASE2 = {"induction": 0.25, "dup_list": 0.1, "ioi": 0.35, "greater_than": 0.1,
+          "sentiment": 0.1, "neutral": 0.1}  # fmt: skip
+
+# (prefix, s2, weight) for the IOI component
+IOI_KINDS: tuple[tuple[str | None, str, float], ...] = (
+    (None, "S", 0.35),
+    ("fresh", "S", 0.2),
+    ("S", "S", 0.1),
+    ("S", "fresh", 0.15),
+    (None, "fresh", 0.1),
+    ("fresh", "fresh", 0.1),
+)
+SUFFIXES = (" . [N] was happy .", " . Then [N] went home .", " . [N] liked it .")
+
+
+def _words(tok: Any) -> list[int]:
+    special = set(tok.all_special_ids)
+    return [i for i in range(len(tok)) if i not in special]
+
+
+def induction_seq(rng: random.Random, words: list[int], bos: int, length: int = 64) -> list[int]:
+    """BOS + random words where spans of 4-16 earlier tokens are copied again, several times."""
+    seq = [bos] + [rng.choice(words) for _ in range(rng.randint(6, 20))]
+    while len(seq) < length:
+        if rng.random() < 0.7 and len(seq) > 5:
+            span = rng.randint(4, 16)
+            start = rng.randint(1, max(1, len(seq) - span))
+            seq += seq[start : start + span]
+        else:
+            seq += [rng.choice(words) for _ in range(rng.randint(2, 8))]
+    return seq[:length]
+
+
+def dup_list_seq(rng: random.Random, tok: Any, names: list[str]) -> list[int]:
+    """A list of names where every name but one appears twice; the answer is the single one."""
+    k = rng.randint(2, 5)
+    chosen = rng.sample(names, k)
+    once = chosen[0]
+    items = [once] + chosen[1:] * 2
+    rng.shuffle(items)
+    text = ", ".join(items) + ". Then everyone said to " + once + " ."
+    return [tok.bos_token_id, *tok.encode(text, add_special_tokens=False)]
+
+
+def ioi_seqs(tok: Any, n: int, seed: int, rng: random.Random) -> list[list[int]]:
+    """IOI variants on training pairs and templates + the answer (+ sometimes a suffix)."""
+    total = sum(w for *_, w in IOI_KINDS)
+    out: list[list[int]] = []
+    for j, (prefix, s2, w) in enumerate(IOI_KINDS):
+        k = max(1, round(n * w / total))
+        t = ioi_variant(tok, n=k, seed=seed * 31 + j, prefix=prefix, s2=s2,
+                        templates=TRAIN_TEMPLATES, split="train")  # fmt: skip
+        for i in range(k):
+            row = t.clean[i, : int(t.lengths[i])].tolist()
+            ans = int(t.correct[i])
+            if s2 == "fresh" and prefix != "S" and rng.random() < 0.5:
+                ans = int(t.incorrect[i])  # nothing repeats: either name, 50/50
+            seq = row + [ans]
+            if rng.random() < 0.3:
+                name = rng.choice([t.meta["io"][i], t.meta["s"][i], rng.choice(NAMES)])
+                suffix = rng.choice(SUFFIXES).replace("[N]", name)
+                seq += tok.encode(suffix, add_special_tokens=False)
+            out.append(seq)
+    rng.shuffle(out)
+    return out[:n]
+
+
+def _rows(task: Any) -> list[list[int]]:
+    return [task.clean[i, : int(task.lengths[i])].tolist() for i in range(len(task))]
+
+
+def curriculum_chunk(
+    tok: Any, mixture: dict[str, float], size: int, seed: int, chunk: int
+) -> list[list[int]]:
+    """``size`` shuffled training sequences (BOS first) from ``mixture``; deterministic."""
+    s = (seed * 7919 + chunk) % 9_000  # below the evaluation seeds
+    rng = random.Random(s)
+    total = sum(mixture.values())
+    counts = {k: int(round(size * w / total)) for k, w in mixture.items()}
+    words = _words(tok)
+    names = [n for n in NAMES if len(tok.encode(" " + n, add_special_tokens=False)) == 1]
+    eos, dot = tok.eos_token_id, tok.convert_tokens_to_ids(".")
+    seqs: list[list[int]] = []
+    for name, k in counts.items():
+        if k <= 0:
+            continue
+        if name == "induction":
+            seqs += [induction_seq(rng, words, tok.bos_token_id) for _ in range(k)]
+        elif name == "dup_list":
+            seqs += [dup_list_seq(rng, tok, names) for _ in range(k)]
+        elif name == "ioi":
+            seqs += ioi_seqs(tok, k, s, rng)
+        elif name == "greater_than":
+            t = greater_than(tok, n=k, seed=s)
+            assert t.candidates is not None
+            for r, yy in zip(_rows(t), t.meta["yy"], strict=True):
+                seqs.append(r + [int(t.candidates[rng.randint(int(yy) + 1, 99)])])
+        elif name == "sentiment":
+            t = sentiment(tok, n=k, seed=s, polarity="mixed")
+            assert t.candidates is not None and t.correct_mask is not None
+            for i, r in enumerate(_rows(t)):
+                seqs.append(r + [rng.choice(t.candidates[t.correct_mask[i]].tolist()), dot])
+        elif name == "neutral":
+            seqs += [r + [eos] for r in _rows(neutral(tok, n=k, seed=s))]
+        else:
+            raise ValueError(f"unknown mixture component {name!r}")
+    rng.shuffle(seqs)
+    return seqs[:size]
