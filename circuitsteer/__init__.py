@@ -7,6 +7,7 @@ Example:
     9
 """
 
+from circuitsteer import analysis as analysis
 from circuitsteer import engine as engine
 from circuitsteer import errors as errors
 from circuitsteer import formats as formats

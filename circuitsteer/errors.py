@@ -62,3 +62,8 @@ class PositionError(CircuitSteerError, KeyError):
 class InterventionError(CircuitSteerError, ValueError):
     """An intervention is invalid: wrong vector size, non-finite values, conflicting sites,
     reference data of the wrong shape."""
+
+
+class AnalysisError(CircuitSteerError, ValueError):
+    """An analysis got arguments it cannot use: no heads, an unknown score kind or metric, a
+    sequence longer than the model's context, a sender with no receiver downstream of it."""
