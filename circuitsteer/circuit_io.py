@@ -20,6 +20,7 @@ from typing import Any
 
 from circuitsteer.circuit_parts import clone
 from circuitsteer.circuit_schema import (
+    ARCH_KEYS,
     KNOWN_SHAPES,
     SCHEMA,
     SHAPE_KEYS,
@@ -55,6 +56,7 @@ def circuit_to_dict(c: Circuit) -> dict[str, Any]:
     d: dict[str, Any] = {"schema": SCHEMA, "name": c.name, "model": c.model, "source": c.source}
     if c.shape is not None and c.shape != known_shape(c.model):
         d["shape"] = {k: getattr(c.shape, k) for k in SHAPE_KEYS}
+        d["shape"].update({k: getattr(c.shape, k) for k in ARCH_KEYS if getattr(c.shape, k)})
     d["nodes"] = {n: _node_to_dict(a) for n, a in c.graph.nodes(data=True)}
     edges = []
     for e in c.edges:

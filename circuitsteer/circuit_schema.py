@@ -34,6 +34,9 @@ TOP_KEYS = ("schema", "name", "model", "source", "shape", "nodes", "edges", "met
 NODE_KEYS = ("class", "positions", "score", "meta")
 EDGE_KEYS = ("src", "dst", "channel", "positions", "score", "meta")
 SHAPE_KEYS = ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")
+# architecture facts, written only when they differ from GPT-2's (grouped-query attention, a
+# parallel residual)
+ARCH_KEYS = ("n_kv_heads", "parallel_residual")
 
 _GPT2_SMALL = ModelShape(
     n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024
@@ -175,7 +178,15 @@ def parse_shape(raw: Any, where: str) -> ModelShape | None:
     fix = "give 'shape' as {'n_layers': 12, 'n_heads': 12, 'd_mlp': 3072, ...} (d_mlp 0 = attention-only)"
     if not isinstance(raw, dict):
         raise format_error(where, "shape", f"must be an object, got {_type(raw)}", fix)
-    _check_keys(raw, SHAPE_KEYS, where, "shape")
+    _check_keys(raw, SHAPE_KEYS + ARCH_KEYS, where, "shape")
+    parallel = raw.get("parallel_residual", False)
+    if not isinstance(parallel, bool):
+        raise format_error(
+            where, "shape.parallel_residual", f"must be true or false, got {parallel!r}", fix
+        )
+    kv = raw.get("n_kv_heads")
+    if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 1):
+        raise format_error(where, "shape.n_kv_heads", f"must be a positive int, got {kv!r}", fix)
     vals: dict[str, int] = {}
     for k in SHAPE_KEYS:
         v = raw.get(k)
@@ -196,6 +207,8 @@ def parse_shape(raw: Any, where: str) -> ModelShape | None:
         d_mlp=vals["d_mlp"],
         d_vocab=vals.get("d_vocab", 0),
         n_ctx=vals.get("n_ctx", 1024),
+        n_kv_heads=kv,
+        parallel_residual=parallel,
     )
 
 

@@ -1,9 +1,12 @@
-"""The ACDC-style edge graph of a GPT-2-architecture model, as plain names.
+"""The ACDC-style edge graph of a model, as plain names.
 
 Senders are ``input`` (embeddings), every head's output and every MLP's output; receivers are
 every head's q, k and v input, every MLP's input and ``logits``. An edge runs from every sender
-to every receiver deeper than it (``Node.depth``: heads of layer L feed MLP L and everything in
-later layers). GPT-2 small (12 x 12) has 32,491 such edges.
+to every receiver deeper than it (:func:`circuitsteer.nodes.depth` of the model's shape: with a
+sequential residual (GPT-2, Llama) heads of layer L feed MLP L and everything in later layers;
+with a parallel residual (GPT-NeoX/Pythia) MLP L reads the layer's input, so heads of layer L
+do not feed it). GPT-2 small (12 x 12) has 32,491 such edges; the same shape with a parallel
+residual has 32,347.
 
 A model with ``d_mlp == 0`` is treated as attention-only (no MLP nodes), as in
 TransformerLens's ``attn-only-*`` models.
@@ -18,13 +21,16 @@ Example:
     32491
     >>> next(iter(full_edges(shape)))
     ('input', 'a0.h0', 'q')
+    >>> from dataclasses import replace
+    >>> count_full_edges(replace(shape, parallel_residual=True))
+    32347
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from circuitsteer.nodes import CHANNELS, ModelShape, Node, parse_node
+from circuitsteer.nodes import CHANNELS, ModelShape, Node, feeds, head, mlp, parse_node
 
 EdgeKey = tuple[str, str, str | None]  # (src, dst, channel)
 Positions = tuple[int | str, ...]
@@ -42,9 +48,9 @@ def all_nodes(shape: ModelShape) -> list[str]:
     """Every circuit node of a model, in forward order (EAP-IG's node order)."""
     out = ["input"]
     for layer in range(shape.n_layers):
-        out += [f"a{layer}.h{h}" for h in range(shape.n_heads)]
+        out += [head(layer, h) for h in range(shape.n_heads)]
         if has_mlps(shape):
-            out.append(f"m{layer}")
+            out.append(mlp(layer))
     out.append("logits")
     return out
 
@@ -53,21 +59,23 @@ def full_edges(shape: ModelShape) -> Iterator[EdgeKey]:
     """Every edge of the model's edge graph, in EAP-IG's construction order.
 
     Per layer: every earlier sender into each head's q, k, v; then every sender so far
-    (including this layer's heads) into the MLP; finally every sender into ``logits``.
+    (including this layer's heads, unless the residual is parallel) into the MLP; finally
+    every sender into ``logits``.
     """
     senders = ["input"]
     for layer in range(shape.n_layers):
-        heads = [f"a{layer}.h{h}" for h in range(shape.n_heads)]
+        heads = [head(layer, h) for h in range(shape.n_heads)]
         for s in senders:
             for h in heads:
                 for ch in CHANNELS:
                     yield (s, h, ch)
+        mlp_senders = list(senders) if shape.parallel_residual else senders + heads
         senders += heads
         if has_mlps(shape):
-            mlp = f"m{layer}"
-            for s in senders:
-                yield (s, mlp, None)
-            senders.append(mlp)
+            m = mlp(layer)
+            for s in mlp_senders:
+                yield (s, m, None)
+            senders.append(m)
     for s in senders:
         yield (s, "logits", None)
 
@@ -75,10 +83,11 @@ def full_edges(shape: ModelShape) -> Iterator[EdgeKey]:
 def count_full_edges(shape: ModelShape) -> int:
     """Closed form of ``len(list(full_edges(shape)))``."""
     h, m = shape.n_heads, int(has_mlps(shape))
+    own = 0 if shape.parallel_residual else h  # this layer's heads feed its MLP
     total = 0
     for layer in range(shape.n_layers):
         before = 1 + layer * (h + m)  # senders visible to this layer's heads
-        total += 3 * h * before + m * (before + h)
+        total += 3 * h * before + m * (before + own)
     return total + 1 + shape.n_layers * (h + m)
 
 
@@ -102,8 +111,9 @@ def is_receiver(node: Node) -> bool:
     return node.kind in RECEIVER_KINDS
 
 
-def implied_edges(nodes: Iterable[str]) -> list[EdgeKey]:
-    """Every edge of the full edge graph whose two ends are both in ``nodes`` (canonical order).
+def implied_edges(nodes: Iterable[str], shape: ModelShape | None = None) -> list[EdgeKey]:
+    """Every edge of the full edge graph whose two ends are both in ``nodes`` (canonical order;
+    the edge rule of ``shape``'s architecture when given).
 
     >>> implied_edges(["input", "a0.h1", "logits"])
     [('input', 'a0.h1', 'q'), ('input', 'a0.h1', 'k'), ('input', 'a0.h1', 'v'), ('input', 'logits', None), ('a0.h1', 'logits', None)]
@@ -116,7 +126,7 @@ def implied_edges(nodes: Iterable[str]) -> list[EdgeKey]:
         channels: Sequence[str | None] = CHANNELS if dst.kind == "head" else (None,)
         for ch in channels:
             for src in parsed:
-                if is_sender(src) and src.depth() < dst.depth():
+                if is_sender(src) and feeds(src, dst, shape):
                     out.append((src.name, dst.name, ch))
     return out
 
@@ -139,7 +149,11 @@ def edge_positions(
     return dst_positions
 
 
-def expand_rules(rules: Sequence[dict], resolve: Callable[[str], Iterable[str]]) -> list[EdgeKey]:
+def expand_rules(
+    rules: Sequence[dict],
+    resolve: Callable[[str], Iterable[str]],
+    shape: ModelShape | None = None,
+) -> list[EdgeKey]:
     """Expand class-level wiring rules into edges (canonical order, no duplicates).
 
     Each rule is ``{"src": [selector, ...], "dst": [selector, ...], "channels": ["q", ...]}``;
@@ -153,7 +167,7 @@ def expand_rules(rules: Sequence[dict], resolve: Callable[[str], Iterable[str]])
         channels = tuple(rule.get("channels") or CHANNELS)
         for s in srcs:
             for d in dsts:
-                if not (is_sender(s) and is_receiver(d) and s.depth() < d.depth()):
+                if not (is_sender(s) and is_receiver(d) and feeds(s, d, shape)):
                     continue
                 for ch in channels if d.kind == "head" else (None,):
                     seen[(s.name, d.name, ch)] = None

@@ -44,7 +44,7 @@ from circuitsteer.circuit_parts import (
     parse_circuit_edge,
 )
 from circuitsteer.errors import CircuitFormatError, ShapeMismatchError
-from circuitsteer.nodes import CHANNELS, ModelShape, make_edge, validate_node
+from circuitsteer.nodes import CHANNELS, ModelShape, feeds, make_edge, parse_node, validate_node
 
 
 class Circuit:
@@ -367,7 +367,8 @@ class Circuit:
             if n in dense or a["kind"] in dense or a.get("class") in dense
         }
         have = out.edge_keys()
-        for src, dst, ch in eg.implied_edges(out.graph.nodes):
+        arch_shape = shape.shape if hasattr(shape, "shape") else shape
+        for src, dst, ch in eg.implied_edges(out.graph.nodes, arch_shape or self.shape):
             if (src, dst, ch) in have:
                 continue
             if self.graph.number_of_edges() == 0 or src in dense_nodes or dst in dense_nodes:
@@ -416,6 +417,14 @@ class Circuit:
                     f"circuit {self.name!r} uses {n}, but {other} is attention-only",
                     fix="drop MLP nodes for attention-only models",
                 )
+        if shape.parallel_residual:
+            for u, v in self.graph.edges:
+                if not feeds(parse_node(u), parse_node(v), shape):
+                    raise ShapeMismatchError(
+                        f"circuit {self.name!r} has edge {u}->{v}, but {other} has a parallel "
+                        f"residual: {v} reads its layer's input, not that layer's heads",
+                        fix="drop edges from a layer's heads to its own MLP for GPT-NeoX/Pythia models",
+                    )
         return shape
 
     def validate(self, shape: ModelShape | None = None) -> None:

@@ -1,11 +1,17 @@
-"""Node and edge names, and the one mapping from names to hook points.
+"""The one grammar of names: nodes, edges, channels, receivers and capture points; the edge
+rule and depth; and the mapping from names to TransformerLens hook points.
 
 Names (DESIGN.md): ``input``, ``a{L}.h{H}`` (attention head), ``m{L}`` (MLP), ``m{L}.n{i}``
 (MLP neuron), ``logits``, and residual sites ``resid_pre.{L}``, ``resid_mid.{L}``,
 ``resid_post.{L}``. Edges: ``src->dst``, with ``<q>``, ``<k>`` or ``<v>`` when ``dst`` is a head.
+Receivers (``Site(to=...)``): ``a9.h9``, ``a9.h9<q>``, ``m5``, ``logits``. Capture points:
+a node (a head gives its ``z``), ``a9.h9<q>`` (the q input), ``a9.h9:result``,
+``a9.h9:pattern``, ``m3:in``, ``m3:neurons``, ``logits:in``.
 
-This is the only module that formats hook strings: TransformerLens hook names (for the bridge,
-TL's patching and ACDC files) and the Hugging Face GPT-2 module paths the engine hooks directly.
+No other module splits or formats these strings. Which sites exist and which edges are allowed
+depend on the architecture only through :class:`ModelShape` (``parallel_residual``: no
+``resid_mid``, and the MLP reads the layer's input, so heads do not feed their own layer's MLP).
+Hugging Face module paths live in the engine's architecture adapters (``engine/arch``).
 
 Example:
     >>> n = parse_node("a9.h9")
@@ -16,6 +22,11 @@ Example:
     ('a5.h5', 'a7.h3', 'k', 'a5.h5->a7.h3<k>')
     >>> tl_hook(parse_node("a9.h9"))
     ('blocks.9.attn.hook_z', 9)
+    >>> c = parse_capture("a1.h2:pattern")
+    >>> (c.node.name, c.point, c.name)
+    ('a1.h2', 'pattern', 'a1.h2:pattern')
+    >>> parse_receiver("a9.h9<q>")
+    (Node(kind='head', layer=9, head=9, index=None, resid=None), 'q')
 """
 
 from __future__ import annotations
@@ -58,11 +69,29 @@ class ModelShape:
     d_mlp: int
     d_vocab: int
     n_ctx: int = 1024
+    n_kv_heads: int | None = None  # grouped-query attention: KV heads (None: one per query head)
+    parallel_residual: bool = False  # attention and MLP both read the layer's input (GPT-NeoX)
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (``n_heads`` without grouped-query attention)."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def grouped_kv(self) -> bool:
+        """True when several query heads share one key/value head."""
+        return self.kv_heads != self.n_heads
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head query head ``head`` reads."""
+        return head // (self.n_heads // self.kv_heads)
 
     def describe(self) -> str:
+        extra = f", {self.kv_heads} KV heads" if self.grouped_kv else ""
+        extra += ", parallel residual" if self.parallel_residual else ""
         return (
             f"{self.n_layers} layers x {self.n_heads} heads, d_model {self.d_model}, "
-            f"d_mlp {self.d_mlp}"
+            f"d_mlp {self.d_mlp}{extra}"
         )
 
 
@@ -160,10 +189,11 @@ def _parse_node(name: str) -> Node:
     return node
 
 
-def parse_edge(name: str) -> Edge:
+def parse_edge(name: str, shape: ModelShape | None = None) -> Edge:
     """Parse ``'src->dst'`` or ``'src->dst<q|k|v>'``; the channel is only allowed on head receivers.
 
-    Edges must point forward in depth (``a7.h3->a5.h5`` is refused).
+    Edges must point forward in depth (``a7.h3->a5.h5`` is refused); with a ``shape`` the
+    architecture's edge rule applies (a parallel residual refuses ``a3.h0->m3``).
     """
     if not isinstance(name, str):
         raise NodeNameError(
@@ -175,11 +205,14 @@ def parse_edge(name: str) -> Edge:
             f"malformed edge {name!r}",
             fix="write edges as 'src->dst', with '<q>', '<k>' or '<v>' when dst is a head, e.g. 'a5.h5->a7.h3<k>'",
         )
-    return make_edge(parse_node(m["src"]), parse_node(m["dst"]), m["ch"])
+    return make_edge(parse_node(m["src"]), parse_node(m["dst"]), m["ch"], shape)
 
 
-def make_edge(src: Node, dst: Node, channel: str | None = None) -> Edge:
-    """Build a validated Edge from parsed nodes."""
+def make_edge(
+    src: Node, dst: Node, channel: str | None = None, shape: ModelShape | None = None
+) -> Edge:
+    """Build a validated Edge from parsed nodes (the edge rule of ``shape``'s architecture when
+    given, else the sequential-residual rule)."""
     if channel is not None and channel not in CHANNELS:
         raise NodeNameError(
             f"unknown channel <{channel}> in edge {src.name}->{dst.name}", fix="use <q>, <k> or <v>"
@@ -194,11 +227,17 @@ def make_edge(src: Node, dst: Node, channel: str | None = None) -> Edge:
             f"edge {src.name}->{dst.name} joins nodes that are not circuit nodes",
             fix="edges run from 'input', heads or MLPs to heads, MLPs or 'logits'",
         )
-    if not src.depth() < dst.depth():
+    if not feeds(src, dst, shape):
+        parallel = shape is not None and shape.parallel_residual
         raise NodeNameError(
-            f"edge {src.name}->{dst.name} points backwards (or sideways) in depth",
+            f"edge {src.name}->{dst.name} points backwards (or sideways) in depth"
+            + (
+                " (with a parallel residual, heads do not feed their own layer's MLP)"
+                if parallel
+                else ""
+            ),
             fix="a sender must come earlier in the forward pass than its receiver (heads of layer L "
-            "feed MLP L and everything in later layers)",
+            "feed MLP L, unless the residual is parallel, and everything in later layers)",
         )
     return Edge(src=src, dst=dst, channel=channel)  # type: ignore[arg-type]
 
@@ -208,6 +247,31 @@ def format_edge(src: str | Node, dst: str | Node, channel: str | None = None) ->
     s = src if isinstance(src, Node) else parse_node(src)
     d = dst if isinstance(dst, Node) else parse_node(dst)
     return make_edge(s, d, channel).name
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth and the edge rule, per architecture
+
+
+def depth(node: Node, shape: ModelShape | None = None) -> float:
+    """Position of ``node`` in the forward order of a model of ``shape``.
+
+    Sequential residual (GPT-2, Llama): input 0, heads of layer L at 2L+1, MLP L at 2L+2,
+    logits last. Parallel residual (GPT-NeoX/Pythia): MLP L reads the layer's input like the
+    heads of L, so it sits at their depth 2L+1. Without ``shape``: the sequential rule.
+
+    >>> depth(parse_node("m3")), depth(parse_node("m3"), ModelShape(4, 4, 8, 2, 8, 10, parallel_residual=True))
+    (8.0, 7.0)
+    """
+    d = node.depth(shape.n_layers if shape is not None else None)
+    if shape is not None and shape.parallel_residual and node.kind in ("mlp", "neuron"):
+        d -= 1.0
+    return d
+
+
+def feeds(src: Node, dst: Node, shape: ModelShape | None = None) -> bool:
+    """True when ``dst`` reads ``src``'s output (directly, through the residual stream)."""
+    return depth(src, shape) < depth(dst, shape)
 
 
 def validate_node(node: str | Node, shape: ModelShape) -> Node:
@@ -223,6 +287,12 @@ def validate_node(node: str | Node, shape: ModelShape) -> Node:
             f"{n.name}: head {n.head} is outside the model ({shape.describe()})",
             fix=f"use heads 0..{shape.n_heads - 1}",
         )
+    if n.kind == "resid" and n.resid == "resid_mid" and shape.parallel_residual:
+        raise ShapeMismatchError(
+            f"{n.name} does not exist in a model with a parallel residual ({shape.describe()}): "
+            "attention and MLP both read the layer's input",
+            fix=f"use resid_pre.{n.layer} (what attention and MLP read) or resid_post.{n.layer}",
+        )
     if n.index is not None and not 0 <= n.index < shape.d_mlp:
         raise ShapeMismatchError(
             f"{n.name}: neuron {n.index} is outside the model's MLP width {shape.d_mlp}",
@@ -232,7 +302,25 @@ def validate_node(node: str | Node, shape: ModelShape) -> Node:
 
 
 def head(layer: int, h: int) -> str:
-    return f"a{layer}.h{h}"
+    """``head(9, 9) == 'a9.h9'``."""
+    return Node(kind="head", layer=layer, head=h).name
+
+
+def mlp(layer: int) -> str:
+    """``mlp(3) == 'm3'``."""
+    return Node(kind="mlp", layer=layer).name
+
+
+def neuron(layer: int, i: int) -> str:
+    """``neuron(3, 5) == 'm3.n5'``."""
+    return Node(kind="neuron", layer=layer, index=i).name
+
+
+def resid(kind: str, layer: int) -> str:
+    """``resid('resid_pre', 2) == 'resid_pre.2'``."""
+    if kind not in RESID_KINDS:
+        raise NodeNameError(f"unknown residual site {kind!r}", fix=f"use one of {RESID_KINDS}")
+    return Node(kind="resid", layer=layer, resid=kind).name
 
 
 def all_heads(shape: ModelShape) -> list[str]:
@@ -240,7 +328,96 @@ def all_heads(shape: ModelShape) -> list[str]:
 
 
 def all_mlps(shape: ModelShape) -> list[str]:
-    return [f"m{layer}" for layer in range(shape.n_layers)]
+    return [mlp(layer) for layer in range(shape.n_layers)]
+
+
+def format_site(node: str | Node, channel: str | None = None) -> str:
+    """A node with an optional channel: ``a9.h9<q>``, ``m5``."""
+    n = node if isinstance(node, Node) else parse_node(node)
+    return f"{n.name}<{channel}>" if channel else n.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Receivers and capture points
+
+_SITE = re.compile(r"(?P<node>[^<>:\s]+)(?:<(?P<ch>[^<>]*)>)?(?::(?P<point>[^<>:\s]*))?")
+_RECEIVER_HELP = "name receivers as 'a9.h9' (q, k and v), 'a9.h9<q>', 'm5' or 'logits'"
+CAPTURE_POINTS = ("out", "q", "k", "v", "result", "pattern", "in", "neurons")
+_CAPTURE_HELP = (
+    "capture a node ('a9.h9' gives z, 'm3' the MLP output, residual sites, 'input'), a head's "
+    "'a9.h9<q>' input, 'a9.h9:result' or 'a9.h9:pattern', 'm3:in', 'm3:neurons', 'm3.n5', or "
+    "'logits:in' (the final residual; the logits themselves are returned)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CapturePoint:
+    """A parsed capture name: ``node`` and ``point``, one of ``out`` (the node's value: a head's
+    z, an MLP's output, a residual site), ``q``/``k``/``v`` (a head's input through that
+    channel), ``result`` (a head's d_model output), ``pattern`` (attention pattern), ``in`` (MLP
+    or logits input), ``neurons`` (MLP neuron activations)."""
+
+    node: Node
+    point: str = "out"
+
+    @property
+    def name(self) -> str:
+        if self.point in CHANNELS:
+            return format_site(self.node, self.point)
+        return self.node.name if self.point == "out" else f"{self.node.name}:{self.point}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def capture_name(node: str | Node, point: str = "out") -> str:
+    """``capture_name('a9.h9', 'result') == 'a9.h9:result'``; ``capture_name('a9.h9', 'q')
+    == 'a9.h9<q>'`` (validated)."""
+    n = node if isinstance(node, Node) else parse_node(node)
+    return _check_capture(CapturePoint(n, point), repr(point)).name
+
+
+def _check_capture(c: CapturePoint, name: str) -> CapturePoint:
+    kind, point = c.node.kind, c.point
+    ok = (
+        point == "out"
+        and kind != "logits"
+        or (kind == "head" and point in (*CHANNELS, "result", "pattern"))
+        or (kind == "mlp" and point in ("in", "neurons"))
+        or (kind == "logits" and point == "in")
+    )
+    if not ok:
+        raise NodeNameError(f"bad capture name {name}", fix=_CAPTURE_HELP)
+    return c
+
+
+def parse_capture(name: str) -> CapturePoint:
+    """Parse a capture name (see :class:`CapturePoint`); ``NodeNameError`` if malformed."""
+    m = _SITE.fullmatch(name.strip()) if isinstance(name, str) else None
+    if not m:
+        raise NodeNameError(f"bad capture name {name!r}", fix=_CAPTURE_HELP)
+    node = parse_node(m["node"])
+    ch, point = m["ch"], m["point"]
+    if ch is not None and (ch not in CHANNELS or point is not None):
+        raise NodeNameError(f"bad capture name {name!r}", fix=_CAPTURE_HELP)
+    if point == "":
+        raise NodeNameError(f"bad capture name {name!r}", fix=_CAPTURE_HELP)
+    return _check_capture(CapturePoint(node, ch or point or "out"), repr(name))
+
+
+def parse_receiver(name: str) -> tuple[Node, Channel | None]:
+    """Parse a receiver of an edge-restricted change: ``a9.h9`` (channel None: q, k and v),
+    ``a9.h9<q>``, ``m5`` or ``logits``."""
+    m = _SITE.fullmatch(name.strip()) if isinstance(name, str) else None
+    if not m or m["point"] is not None:
+        raise NodeNameError(f"malformed receiver {name!r}", fix=_RECEIVER_HELP)
+    node = parse_node(m["node"])
+    ch = m["ch"]
+    if ch is not None and ch not in CHANNELS:
+        raise NodeNameError(f"unknown channel in receiver {name!r}", fix="use <q>, <k> or <v>")
+    if node.kind not in ("head", "mlp", "logits") or (ch is not None and node.kind != "head"):
+        raise NodeNameError(f"receiver {name!r} is not a head, MLP or logits", fix=_RECEIVER_HELP)
+    return node, ch  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,30 +490,16 @@ def node_from_tl_hook(hook: str, index: int | None, n_layers: int) -> tuple[Node
     )
 
 
-# ... and Hugging Face GPT-2 module paths, which the engine hooks directly (no bridge overhead).
+# Hugging Face module paths are the architecture adapters' business (circuitsteer.engine.arch);
+# these GPT-2 names stay for existing callers. Prefer ``model.arch.path(role, layer)``.
 
 HF_EMBED = ("transformer.wte", "transformer.wpe")
 HF_FINAL_LN = "transformer.ln_f"
 
 
 def hf_module(layer: int, role: str) -> str:
-    """Module path inside a GPT2LMHeadModel for a role of block ``layer``.
+    """Deprecated: the GPT-2 module path of ``role`` in block ``layer``; use
+    ``model.arch.path(role, layer)``, which knows every supported architecture."""
+    from circuitsteer.engine.arch import gpt2
 
-    Roles: ``block``, ``ln_1``, ``c_attn`` (joint q/k/v projection), ``attn``, ``attn_c_proj``
-    (input = concatenated head outputs z), ``ln_2``, ``mlp``, ``mlp_c_proj`` (input = neuron
-    activations).
-    """
-    base = f"transformer.h.{layer}"
-    paths = {
-        "block": base,
-        "ln_1": f"{base}.ln_1",
-        "attn": f"{base}.attn",
-        "c_attn": f"{base}.attn.c_attn",
-        "attn_c_proj": f"{base}.attn.c_proj",
-        "ln_2": f"{base}.ln_2",
-        "mlp": f"{base}.mlp",
-        "mlp_c_proj": f"{base}.mlp.c_proj",
-    }
-    if role not in paths:
-        raise NodeNameError(f"unknown module role {role!r}", fix=f"use one of {sorted(paths)}")
-    return paths[role]
+    return gpt2.module_path(role, layer)

@@ -74,7 +74,7 @@ def _resolve(c: Circuit, selector: str, where: str) -> list[str]:
 def wired_edges(c: Circuit, rules: Sequence[Any] | None = None) -> list[eg.EdgeKey]:
     """The (src, dst, channel) edges the rules imply, in canonical order."""
     valid = wiring_rules(c, rules)
-    return eg.expand_rules(valid, lambda s: _resolve(c, s, f"circuit {c.name!r}: wiring"))
+    return eg.expand_rules(valid, lambda s: _resolve(c, s, f"circuit {c.name!r}: wiring"), c.shape)
 
 
 def wire(c: Circuit, rules: Sequence[Any] | None = None, *, name: str | None = None) -> Circuit:
