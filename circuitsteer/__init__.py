@@ -34,6 +34,7 @@ from circuitsteer.interventions import Site as Site
 from circuitsteer.models import Model as Model
 from circuitsteer.models import load_model as load_model
 from circuitsteer.models import random_gpt2 as random_gpt2
+from circuitsteer.models import random_model as random_model
 from circuitsteer.nodes import ModelShape as ModelShape
 from circuitsteer.nodes import parse_edge as parse_edge
 from circuitsteer.nodes import parse_node as parse_node

@@ -2,12 +2,15 @@
 
 A :class:`Model` holds two views of the same weights:
 
-* ``model.hf``: the raw Hugging Face ``GPT2LMHeadModel``. The engine puts plain torch hooks on
-  its modules, so the hot path pays nothing for hook points it does not use.
+* ``model.hf``: the raw Hugging Face causal LM (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral;
+  eager attention). The engine puts plain torch hooks on its modules, so the hot path pays
+  nothing for hook points it does not use; ``model.arch`` is the family's adapter that tells it
+  where each activation lives (:mod:`circuitsteer.engine.arch`).
 * ``model.bridge``: a TransformerLens 4.x ``TransformerBridge`` over a twin of that model that
   shares every parameter tensor (booting a bridge rewires the HF module tree in place, so it
-  gets its own tree). Use it for TL's hook names, ``run_with_cache`` and ``transformer_lens.patching``.
-  Compatibility mode (weight folding) is *not* enabled: raw numerics, equal to HF's.
+  gets its own tree), booted on first use. Use it for TL's hook names, ``run_with_cache`` and
+  ``transformer_lens.patching``. Compatibility mode (weight folding) is *not* enabled: raw
+  numerics, equal to HF's.
 
 Example:
     >>> import circuitsteer as cs
@@ -31,8 +34,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from circuitsteer.engine import arch
 from circuitsteer.errors import ModelNotAvailableError, UnsupportedArchitectureError
-from circuitsteer.nodes import ModelShape
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 # eager attention: what the bridge switches to anyway, and what exposes attention patterns
@@ -41,9 +44,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Model:
-    """A loaded model: raw HF module tree, TransformerLens bridge, tokenizer and shape.
+    """A loaded model: raw HF module tree, its architecture adapter (``arch``), the
+    TransformerLens bridge (booted on first use of ``bridge``), tokenizer and shape.
 
     Calling it runs the raw HF forward and returns logits ``[batch, pos, d_vocab]``.
+    ``boot_bridge=True`` boots the bridge now (a broken bridge then fails at load).
     """
 
     def __init__(
@@ -55,31 +60,16 @@ class Model:
         source: str,
         path: str | None = None,
         card: dict[str, Any] | None = None,
-        boot_bridge: bool = True,
+        boot_bridge: bool = False,
     ) -> None:
-        cfg = hf.config
-        if getattr(cfg, "model_type", None) != "gpt2":
-            raise UnsupportedArchitectureError(
-                f"{name}: model_type {getattr(cfg, 'model_type', None)!r} is not supported",
-                fix="circuitsteer's engine hooks GPT-2-architecture models (GPT2LMHeadModel); "
-                "load a GPT-2-family checkpoint",
-            )
+        self.arch = arch.adapter_for(hf.config, where=name)
         self.hf = hf.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.source = source
         self.path = path
         self.card = card or {}
-        d_model = cfg.n_embd
-        self.shape = ModelShape(
-            n_layers=cfg.n_layer,
-            n_heads=cfg.n_head,
-            d_model=d_model,
-            d_head=d_model // cfg.n_head,
-            d_mlp=cfg.n_inner or 4 * d_model,
-            d_vocab=cfg.vocab_size,
-            n_ctx=cfg.n_positions,
-        )
+        self.shape = self.arch.shape
         self._bridge: Any = None
         self._modules = dict(self.hf.named_modules())
         if boot_bridge:
@@ -116,7 +106,7 @@ class Model:
         return self.hf(input_ids=tokens.to(self.device), use_cache=False).logits
 
     def module(self, path: str) -> torch.nn.Module:
-        """The HF submodule at ``path`` (paths come from :func:`circuitsteer.nodes.hf_module`)."""
+        """The HF submodule at ``path`` (paths come from ``model.arch.path(role, layer)``)."""
         return self._modules[path]
 
     @property
@@ -190,12 +180,14 @@ def load_model(
     name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    bridge: bool = True,
+    bridge: bool = False,
 ) -> Model:
-    """Load a zoo model by name, a local Hugging Face folder, or a hub id.
+    """Load a zoo model by name, a local Hugging Face folder, or a hub id of a supported family
+    (GPT-2, GPT-NeoX/Pythia, Llama, Qwen2, Mistral; ``UnsupportedArchitectureError`` lists them).
 
-    ``bridge=False`` defers booting the TransformerLens bridge to the first ``model.bridge``
-    (for machines without TransformerLens, or when only the engine is needed).
+    The TransformerLens bridge boots on the first ``model.bridge`` (so machines without
+    TransformerLens, and code that only needs the engine, never pay for it); ``bridge=True``
+    boots it now.
 
     Offline, a hub id that is not in the local HF cache fails within seconds with
     ``ModelNotAvailableError`` (no retries).
@@ -242,7 +234,7 @@ def _read_card(path: str | None) -> dict[str, Any]:
 
 
 def _load_local(path: Path) -> tuple[Any, Any]:
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     if not (path / "config.json").exists():
         raise ModelNotAvailableError(
@@ -256,12 +248,10 @@ def _load_local(path: Path) -> tuple[Any, Any]:
             f"{path / 'config.json'} is not a valid config ({e})",
             fix="re-save the model with model.save_pretrained(DIR)",
         ) from e
-    if model_type != "gpt2":
-        raise UnsupportedArchitectureError(
-            f"{path}: model_type {model_type!r} is not supported",
-            fix="load a GPT-2-architecture checkpoint (GPT2LMHeadModel)",
-        )
-    hf = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
+    arch.family_of(model_type, where=str(path))
+    hf = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, attn_implementation="eager"
+    )
     return hf, _local_tokenizer(path)
 
 
@@ -286,19 +276,15 @@ def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
 
 
 def _load_hub(model_id: str) -> tuple[Any, Any]:
-    from transformers import AutoConfig, AutoTokenizer, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tried = []
     start = time.monotonic()
     # 1. the local HF cache, with no network at all
     try:
         cfg = AutoConfig.from_pretrained(model_id, local_files_only=True)
-        if cfg.model_type != "gpt2":
-            raise UnsupportedArchitectureError(
-                f"{model_id}: model_type {cfg.model_type!r} is not supported",
-                fix="load a GPT-2-architecture checkpoint",
-            )
-        hf = GPT2LMHeadModel.from_pretrained(
+        arch.family_of(cfg.model_type, where=model_id)
+        hf = AutoModelForCausalLM.from_pretrained(
             model_id, local_files_only=True, attn_implementation="eager"
         )
         return hf, AutoTokenizer.from_pretrained(model_id, local_files_only=True)
@@ -310,7 +296,9 @@ def _load_hub(model_id: str) -> tuple[Any, Any]:
     ok, why = _hub_reachable()
     if ok:
         try:
-            hf = GPT2LMHeadModel.from_pretrained(model_id, attn_implementation="eager")
+            cfg = AutoConfig.from_pretrained(model_id)
+            arch.family_of(cfg.model_type, where=model_id)
+            hf = AutoModelForCausalLM.from_pretrained(model_id, attn_implementation="eager")
             return hf, AutoTokenizer.from_pretrained(model_id)
         except OSError as e:
             tried.append(f"the hub ({e})")
@@ -406,6 +394,55 @@ def byte_tokenizer() -> Any:
     return _byte_level_fast(tk)
 
 
+def random_model(
+    family: str = "gpt2",
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 32,
+    d_vocab: int = 257,
+    n_ctx: int = 64,
+    seed: int = 0,
+    d_mlp: int | None = None,
+    tokenizer: Any = None,
+    name: str | None = None,
+    **cfg: Any,
+) -> Model:
+    """A model of ``family`` with seeded random weights, built from a config (unit tests).
+
+    ``family``: ``gpt2``, ``gpt_neox`` (parallel residual, rotary on half of each head by
+    default), ``llama``, ``qwen2`` (q/k/v bias) or ``mistral``. ``n_kv_heads`` gives the Llama
+    family grouped-query attention; other keywords are Hugging Face config fields
+    (``rotary_pct``, ``use_parallel_residual``, ``attention_bias``, ...).
+
+    >>> m = random_model("llama", n_layers=2, n_heads=4, n_kv_heads=2, d_model=32)
+    >>> m.arch.family, m.shape.n_heads, m.shape.kv_heads, m.shape.d_head
+    ('llama', 4, 2, 8)
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = arch.random_config(
+        family,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_mlp=d_mlp,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        **cfg,
+    )
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(config, **_EAGER)
+    torch.random.set_rng_state(gen_state)
+    tok = tokenizer if tokenizer is not None else byte_tokenizer()
+    return Model(
+        hf,
+        tok,
+        name=name or f"random-{family}-{n_layers}l{n_heads}h{d_model}d-s{seed}",
+        source="random",
+    )
+
+
 def random_gpt2(
     n_layers: int = 2,
     n_heads: int = 4,
@@ -423,32 +460,17 @@ def random_gpt2(
     >>> m.shape.n_heads, m.shape.d_head
     (4, 8)
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        n_layer=n_layers,
-        n_head=n_heads,
-        n_embd=d_model,
-        vocab_size=d_vocab,
-        n_positions=n_ctx,
-        n_inner=d_mlp,
-        **_EAGER,
-        bos_token_id=min(256, d_vocab - 1),
-        eos_token_id=min(256, d_vocab - 1),
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(cfg)
-    torch.random.set_rng_state(gen_state)
-    tok = tokenizer if tokenizer is not None else byte_tokenizer()
-    return Model(
-        hf,
-        tok,
+    return random_model(
+        "gpt2",
+        n_layers=n_layers,
+        n_heads=n_heads,
+        d_model=d_model,
+        d_vocab=d_vocab,
+        n_ctx=n_ctx,
+        seed=seed,
+        d_mlp=d_mlp,
+        tokenizer=tokenizer,
         name=name or f"random-gpt2-{n_layers}l{n_heads}h{d_model}d-s{seed}",
-        source="random",
     )
 
 

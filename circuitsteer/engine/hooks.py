@@ -1,7 +1,16 @@
-"""Plain torch hooks on the raw HF GPT-2 modules that carry out compiled edits and captures.
+"""Plain torch hooks on the raw HF modules that carry out compiled edits and captures.
 
-Only the hooks a plan needs are installed, so an intervention at one head costs one small hook.
-``HookSet.remove()`` takes every handle off; ``engine.apply`` calls it in a ``finally``.
+Where each slot lives comes from the model's architecture adapter (``model.arch``: module paths
+per role, the q/k/v columns of a head, how to project a normalized input onto them, a head's
+output rows, the rotary embedding). Only the hooks a plan needs are installed, so an
+intervention at one head costs one small hook. ``HookSet.remove()`` takes every handle off;
+``engine.apply`` calls it in a ``finally``.
+
+A head's q/k/v input edit (or an edge delta into it) recomputes that head's projection columns
+from its own modified input. Under grouped-query attention k and v columns are shared by a group
+of query heads, so a change to one query head's k or v input instead recomputes that head's
+attention from its own k/v and replaces its output ``z``: the other heads of the group see the
+clean k/v, exactly.
 """
 
 from __future__ import annotations
@@ -10,23 +19,44 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from circuitsteer.engine.plan import Edit, ReceiverKey, Slot
 from circuitsteer.errors import InterventionError
-from circuitsteer.nodes import HF_FINAL_LN, hf_module
+
+HeadChannel = tuple[int, str]
+
+
+class _Group:
+    """Heads' q/k/v inputs that share one effective input (the same edge deltas, or one edit)."""
+
+    __slots__ = ("members", "normed", "x")
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x = x
+        self.members: list[HeadChannel] = []
+        self.normed: torch.Tensor | None = None
+
+    def norm(self, ln: Any) -> torch.Tensor:
+        normed = self.normed
+        if normed is None:  # forward(): the module's own hooks stay out of it
+            normed = self.normed = ln.forward(self.x)
+        return normed
 
 
 class _State:
-    """Per-forward scratch: stashed inputs, edge deltas on their way to receivers, captures."""
+    """Per-forward scratch: stashed inputs, edge deltas on their way to receivers, q/k/v groups."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.ln1_in: dict[int, torch.Tensor] = {}
         self.z: dict[int, torch.Tensor] = {}
         self.resid_pre: dict[int, torch.Tensor] = {}
+        self.qkv: dict[int, list[_Group]] = {}
+        self.qkv_of: dict[tuple[int, int, str], _Group] = {}
+        self.proj: dict[tuple[int, str], torch.Tensor] = {}
+        self.attn_kw: dict[int, tuple[Any, Any]] = {}
+        self.patterns: dict[tuple[int, int], torch.Tensor] = {}
         self.deltas: dict[ReceiverKey, list[torch.Tensor]] = defaultdict(list)
 
 
@@ -63,13 +93,25 @@ def state_delta(state: _State, e: Edit, act: torch.Tensor, delta: torch.Tensor, 
         state.deltas[key].append(full)
 
 
-class HookSet:
-    """Installs the hooks for ``edits`` and ``captures`` ({name: Slot}) on ``model.hf``."""
+def _summed(x: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
+    return x + deltas[0] if len(deltas) == 1 else x + torch.stack(deltas).sum(0)
 
-    def __init__(self, model: Any, edits: list[Edit], captures: dict[str, Slot]) -> None:
+
+class HookSet:
+    """Installs the hooks for ``edits`` and ``captures`` ({name: Slot}) on ``model.hf``;
+    captured values go into ``out`` (a fresh dict when not given), refilled by every forward."""
+
+    def __init__(
+        self,
+        model: Any,
+        edits: list[Edit],
+        captures: dict[str, Slot],
+        out: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.model = model
+        self.arch = model.arch
         self.state = _State()
-        self.captured: dict[str, torch.Tensor] = {}
+        self.captured: dict[str, torch.Tensor] = out if out is not None else {}
         self.handles: list[Any] = []
         self.by_slot: dict[tuple[str, int], list[Edit]] = defaultdict(list)
         self.receivers: dict[tuple[str, int], set[ReceiverKey]] = defaultdict(set)
@@ -87,43 +129,60 @@ class HookSet:
             raise
 
     # -- installation -------------------------------------------------------------------------
-    def _pre(self, path: str, fn: Any) -> None:
-        self.handles.append(self.model.module(path).register_forward_pre_hook(fn))
+    def _mod(self, role: str, layer: int | None = None) -> Any:
+        return self.model.module(self.arch.path(role, layer))
 
-    def _post(self, path: str, fn: Any) -> None:
-        self.handles.append(self.model.module(path).register_forward_hook(fn))
+    def _pre(self, role: str, layer: int | None, fn: Any, kwargs: bool = False) -> None:
+        h = self._mod(role, layer).register_forward_pre_hook(fn, with_kwargs=kwargs)
+        self.handles.append(h)
+
+    def _post(self, role: str, layer: int | None, fn: Any) -> None:
+        self.handles.append(self._mod(role, layer).register_forward_hook(fn))
 
     def _need(self, *keys: tuple[str, int]) -> bool:
         return any(k in self.by_slot or k in self.captures or k in self.receivers for k in keys)
 
+    def _recompute_heads(self, L: int) -> set[int]:
+        """Query heads whose k or v input changes under grouped-query attention."""
+        if not self.model.shape.grouped_kv:
+            return set()
+        hc = {(e.slot.head or 0, e.slot.channel) for e in self.by_slot.get(("qkv_in", L), [])}
+        hc |= {(r[2], r[3]) for r in self.receivers.get(("qkv", L), ())}
+        return {h for h, c in hc if c in ("k", "v")}
+
     def _install(self) -> None:
         self.handles.append(self.model.hf.register_forward_pre_hook(lambda *_: self.state.reset()))
         for L in range(self.model.shape.n_layers):
-            if self._need(("resid_pre", L), ("resid_mid", L)):
-                self._pre(hf_module(L, "block"), self._block_pre(L))
-            if self._need(("resid_mid", L), ("pattern", L)):
-                self._post(hf_module(L, "attn"), self._attn_post(L))
+            if self._need(("resid_pre", L)) or ("resid_mid", L) in self.by_slot:
+                self._pre("block", L, self._block_pre(L), kwargs=True)
+            recompute = self._recompute_heads(L)
+            if recompute:
+                self._pre("attn", L, self._attn_pre(L), kwargs=True)
+            if ("resid_mid", L) in self.by_slot or ("pattern", L) in self.captures:
+                self._post("attn", L, self._attn_post(L))
             if self._need(("qkv", L), ("qkv_in", L)):
-                self._pre(hf_module(L, "ln_1"), self._ln1_pre(L))
-                self._post(hf_module(L, "c_attn"), self._c_attn_post(L))
+                self._pre("ln1", L, self._ln1_pre(L))
+                for role, channels in self.arch.qkv_modules().items():
+                    self._post(role, L, self._qkv_post(L, role, channels, recompute))
             if (
                 self._need(("z", L))
                 or ("head_resid", L) in self.by_slot
                 or ("head_resid", L) in self.captures
+                or recompute
             ):
-                self._pre(hf_module(L, "attn_c_proj"), self._z_pre(L))
+                self._pre("attn_out", L, self._z_pre(L, recompute))
             if ("head_resid", L) in self.by_slot:
-                self._post(hf_module(L, "attn_c_proj"), self._head_resid_post(L))
+                self._post("attn_out", L, self._head_resid_post(L))
             if self._need(("mlp_in", L), ("resid_mid", L)):
-                self._pre(hf_module(L, "ln_2"), self._ln2_pre(L))
+                self._pre("ln2", L, self._ln2_pre(L))
             if self._need(("neurons", L)):
-                self._pre(hf_module(L, "mlp_c_proj"), self._neurons_pre(L))
+                self._pre("mlp_down", L, self._neurons_pre(L))
             if self._need(("mlp_out", L)):
-                self._post(hf_module(L, "mlp"), self._mlp_post(L))
+                self._post("mlp", L, self._mlp_post(L))
             if self._need(("resid_post", L)):
-                self._post(hf_module(L, "block"), self._block_post(L))
+                self._post("block", L, self._block_post(L))
         if self._need(("logits", -1), ("logits_in", -1)):
-            self._pre(HF_FINAL_LN, self._lnf_pre())
+            self._pre("final_norm", None, self._final_norm_pre())
 
     def remove(self) -> None:
         for h in self.handles:
@@ -135,20 +194,37 @@ class HookSet:
             val = act if slot.cols is None else act[..., slot.cols]
             self.captured[name] = val.detach().clone()
 
-    # -- hooks --------------------------------------------------------------------------------
+    def _head_cols(self, h: int) -> slice:
+        dh = self.model.shape.d_head
+        return slice(h * dh, (h + 1) * dh)
+
+    # -- residual stream ----------------------------------------------------------------------
     def _block_pre(self, L: int):
         edits = self.by_slot.get(("resid_pre", L), [])
         keep = ("resid_mid", L) in self.by_slot
 
-        def hook(module, args):
-            x = args[0]
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
             if edits:
                 x = x.clone()
                 _apply_edits(x, edits, self.state, self.model)
             if keep:
                 self.state.resid_pre[L] = x
             self._capture("resid_pre", L, x)
-            return (x, *args[1:]) if edits else None
+            if not edits:
+                return None
+            if args:
+                return (x, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": x}
+
+        return hook
+
+    def _attn_pre(self, L: int):
+        def hook(module, args, kwargs):
+            self.state.attn_kw[L] = (
+                kwargs.get("position_embeddings"),
+                kwargs.get("attention_mask"),
+            )
 
         return hook
 
@@ -158,7 +234,10 @@ class HookSet:
         def hook(module, args, output):
             out, weights = output[0], output[1]
             for name, slot in self.captures.get(("pattern", L), ()):
-                self.captured[name] = weights[:, slot.head].detach().clone()
+                p = self.state.patterns.get((L, slot.head or 0))
+                self.captured[name] = (
+                    (p if p is not None else weights[:, slot.head]).detach().clone()
+                )
             if not edits:
                 return None
             mid = self.state.resid_pre[L] + out
@@ -168,116 +247,151 @@ class HookSet:
 
         return hook
 
+    # -- q/k/v inputs -------------------------------------------------------------------------
     def _ln1_pre(self, L: int):
+        """Build this forward's q/k/v groups: heads whose inputs carry the same edge deltas share
+        one effective input (one norm, one matmul); each edited head/channel has its own."""
+        edits: dict[HeadChannel, list[Edit]] = defaultdict(list)
+        for e in self.by_slot.get(("qkv_in", L), []):
+            edits[(e.slot.head or 0, e.slot.channel or "q")].append(e)
+        received = sorted(
+            (r[2], r[3]) for r in self.receivers.get(("qkv", L), ()) if (r[2], r[3]) not in edits
+        )
+        caps = {(s.head, s.channel): n for n, s in self.captures.get(("qkv_in", L), ())}
+
         def hook(module, args):
-            self.state.ln1_in[L] = args[0]
+            x = args[0]
+            state = self.state
+            groups: dict[Any, _Group] = {}
+            for h, ch in received:
+                deltas = state.deltas.get(("qkv", L, h, ch))
+                if not deltas:
+                    continue
+                gid = tuple(id(t) for t in deltas)
+                g = groups.get(gid)
+                if g is None:
+                    g = groups[gid] = _Group(_summed(x, deltas))
+                g.members.append((h, ch))
+            for (h, ch), es in edits.items():
+                deltas = state.deltas.get(("qkv", L, h, ch), [])
+                xe = x.clone() if not deltas else _summed(x, deltas)
+                _apply_edits(xe, es, state, self.model)
+                g = groups[("edit", h, ch)] = _Group(xe)
+                g.members.append((h, ch))
+            for g in groups.values():
+                for h, ch in g.members:
+                    state.qkv_of[(L, h, ch)] = g
+            for (h, ch), name in caps.items():
+                g = state.qkv_of.get((L, h, ch))  # type: ignore[arg-type]
+                self.captured[name] = (x if g is None else g.x).detach().clone()
+            state.qkv[L] = list(groups.values())
 
         return hook
 
-    def _c_attn_post(self, L: int):
-        d = self.model.shape.d_model
-        dh = self.model.shape.d_head
-        edits: dict[tuple[int, str], list[Edit]] = defaultdict(list)
-        for e in self.by_slot.get(("qkv_in", L), []):
-            edits[(e.slot.head or 0, e.slot.channel or "q")].append(e)
-        caps = {(s.head, s.channel): n for n, s in self.captures.get(("qkv_in", L), ())}
-        attn = self.model.module(hf_module(L, "c_attn"))
-        ln = self.model.module(hf_module(L, "ln_1"))
-        offset = {"q": 0, "k": d, "v": 2 * d}
+    def _qkv_post(self, L: int, role: str, channels: tuple[str, ...], recompute: set[int]):
+        """Rewrite the columns of heads whose input changed; stash the output when a head's
+        attention is recomputed."""
+        arch = self.arch
+        ln = self._mod("ln1", L)
         col_cache: dict[tuple, torch.Tensor] = {}
 
         def hook(module, args, out):
-            x = self.state.ln1_in[L]
-            groups: dict[Any, list[tuple[int, str]]] = defaultdict(list)
-            effective: dict[Any, torch.Tensor] = {}
-            for (kind, layer, h, ch), deltas in self.state.deltas.items():
-                if kind == "qkv" and layer == L and (h, ch) not in edits:
-                    gid = tuple(id(t) for t in deltas)
-                    groups[gid].append((h, ch))
-                    if gid not in effective:
-                        effective[gid] = (
-                            x + torch.stack(deltas).sum(0) if len(deltas) > 1 else x + deltas[0]
-                        )
-            for (h, ch), es in edits.items():
-                deltas = self.state.deltas.get(("qkv", L, h, ch), [])
-                xe = x.clone() if not deltas else x + torch.stack(deltas).sum(0)
-                _apply_edits(xe, es, self.state, self.model)
-                groups[("edit", h, ch)].append((h, ch))
-                effective[("edit", h, ch)] = xe
-            seen = {hc for members in groups.values() for hc in members}
-            for (h, ch), name in caps.items():
-                if (h, ch) not in seen:
-                    self.captured[name] = x.detach().clone()
-            if not groups:
-                return None
-            out = out.clone()
-            for gid, members in groups.items():
-                xe = effective[gid]
-                for h, ch in members:
-                    if (h, ch) in caps:
-                        self.captured[caps[(h, ch)]] = xe.detach().clone()
-                key = tuple(members)
-                cols = col_cache.get(key)
+            patched = False
+            for g in self.state.qkv.get(L, ()):
+                members = tuple(
+                    (h, c)
+                    for h, c in g.members
+                    if c in channels and not (h in recompute and c in ("k", "v"))
+                )
+                if not members:
+                    continue
+                cols = col_cache.get(members)
                 if cols is None:  # built once per receiver group, on the weights' device
-                    cols = col_cache[key] = torch.cat(
-                        [
-                            torch.arange(offset[c] + h * dh, offset[c] + (h + 1) * dh)
-                            for h, c in members
-                        ]
-                    ).to(attn.weight.device)
-                normed = F.layer_norm(xe, (d,), ln.weight, ln.bias, ln.eps)
-                out[..., cols] = torch.addmm(
-                    attn.bias[cols], normed.reshape(-1, d), attn.weight[:, cols]
-                ).view(*xe.shape[:-1], -1)
-            return out
+                    cols = col_cache[members] = torch.cat(
+                        [_arange(arch.qkv_cols(c, h)) for h, c in members]
+                    ).to(module.weight.device)
+                if not patched:
+                    out, patched = out.clone(), True
+                out[..., cols] = arch.project(module, cols, g.norm(ln))
+            if recompute:
+                for c in channels:
+                    self.state.proj[(L, c)] = out
+            return out if patched else None
 
         return hook
 
-    def _z_pre(self, L: int):
+    def _head_attention(self, L: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head ``h``'s attention from its own q, k and v (k/v recomputed from the head's own
+        modified inputs): ``(z_h [batch, pos, d_head], pattern [batch, pos, pos])``."""
+        arch, state = self.arch, self.state
+        pos_emb, mask = state.attn_kw[L]
+        ln = self._mod("ln1", L)
+
+        def channel(c: str) -> torch.Tensor:
+            cols = arch.qkv_cols(c, h)
+            g = state.qkv_of.get((L, h, c))
+            if c == "q" or g is None:
+                return state.proj[(L, c)][..., cols]
+            module = self._mod(c, L)
+            return arch.project(module, _arange(cols).to(module.weight.device), g.norm(ln))
+
+        q = arch.rotary(channel("q"), pos_emb)
+        k = arch.rotary(channel("k"), pos_emb)
+        v = channel("v")
+        scores = (q @ k.transpose(-1, -2)) * arch.attn_scale(self._mod("attn", L))
+        P = scores.shape[-1]
+        if mask is None:
+            causal = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+        elif mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[:, 0, :, -P:], torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask[:, 0, :, -P:]
+        pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+        return pattern @ v, pattern
+
+    # -- head outputs -------------------------------------------------------------------------
+    def _z_pre(self, L: int, recompute: set[int]):
         edits = self.by_slot.get(("z", L), [])
         keep = ("head_resid", L) in self.by_slot or ("head_resid", L) in self.captures
-        w = self.model.module(hf_module(L, "attn_c_proj")).weight
         dh = self.model.shape.d_head
+        w_o = self._mod("attn_out", L)
+        heads = sorted(recompute)
 
         def hook(module, args):
             z = args[0]
-            if edits:
+            if edits or heads:
                 z = z.clone()
-                for e in edits:
-                    # fused multi-head edits see z as [batch, pos, head, d_head]
-                    act = (
-                        z.view(*z.shape[:-1], -1, dh)
-                        if e.slot.head is None
-                        else z[..., e.slot.cols]
-                    )
-                    _apply_edits(act, [e], self.state, self.model)
+            for h in heads:
+                z_h, pattern = self._head_attention(L, h)
+                z[..., self._head_cols(h)] = z_h
+                self.state.patterns[(L, h)] = pattern
+            for e in edits:
+                # fused multi-head edits see z as [batch, pos, head, d_head]
+                act = z.view(*z.shape[:-1], -1, dh) if e.slot.head is None else z[..., e.slot.cols]
+                _apply_edits(act, [e], self.state, self.model)
             if keep:
                 self.state.z[L] = z
             self._capture("z", L, z)
             for name, slot in self.captures.get(("head_resid", L), ()):
-                h = slot.head or 0
-                self.captured[name] = (
-                    z[..., h * dh : (h + 1) * dh] @ w[h * dh : (h + 1) * dh]
-                ).detach()
-            return (z,) if edits else None
+                cols = self._head_cols(slot.head or 0)
+                self.captured[name] = (z[..., cols] @ self.arch.out_rows(w_o, cols)).detach()
+            return (z,) if edits or heads else None
 
         return hook
 
     def _head_resid_post(self, L: int):
         edits = self.by_slot[("head_resid", L)]
-        w = self.model.module(hf_module(L, "attn_c_proj")).weight
-        dh = self.model.shape.d_head
+        w_o = self._mod("attn_out", L)
 
         def hook(module, args, out):
             out = out.clone()
             for e in edits:
-                h = e.slot.head or 0
+                cols = self._head_cols(e.slot.head or 0)
                 if e.additive is not None:
                     delta = e.additive
                 else:
-                    r = e.sel.get(
-                        self.state.z[L][..., h * dh : (h + 1) * dh] @ w[h * dh : (h + 1) * dh]
-                    )
+                    r = e.sel.get(self.state.z[L][..., cols] @ self.arch.out_rows(w_o, cols))
                     delta = e.new_values(r) - r
                 if e.receivers:
                     full_delta = (
@@ -290,13 +404,14 @@ class HookSet:
 
         return hook
 
+    # -- MLP ----------------------------------------------------------------------------------
     def _ln2_pre(self, L: int):
         def hook(module, args):
             x = args[0]
             self._capture("resid_mid", L, x)
             deltas = self.state.deltas.get(("mlp_in", L, -1, ""))
             if deltas:
-                x = x + torch.stack(deltas).sum(0)
+                x = _summed(x, deltas)
             self._capture("mlp_in", L, x)
             return (x,) if deltas else None
 
@@ -310,12 +425,8 @@ class HookSet:
             if edits:
                 a = a.clone()
                 for e in edits:
-                    _apply_edits(
-                        a if e.slot.cols is None else a[..., e.slot.cols],
-                        [e],
-                        self.state,
-                        self.model,
-                    )
+                    act = a if e.slot.cols is None else a[..., e.slot.cols]
+                    _apply_edits(act, [e], self.state, self.model)
             self._capture("neurons", L, a)
             return (a,) if edits else None
 
@@ -348,13 +459,17 @@ class HookSet:
 
         return hook
 
-    def _lnf_pre(self):
+    def _final_norm_pre(self):
         def hook(module, args):
             x = args[0]
             deltas = self.state.deltas.get(("logits", -1, -1, ""))
             if deltas:
-                x = x + torch.stack(deltas).sum(0)
+                x = _summed(x, deltas)
             self._capture("logits_in", -1, x)
             return (x,) if deltas else None
 
         return hook
+
+
+def _arange(cols: slice) -> torch.Tensor:
+    return torch.arange(cols.start, cols.stop)

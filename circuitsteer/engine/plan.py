@@ -1,25 +1,41 @@
 """Compiling interventions and capture names into edits on activation *slots*.
 
-A slot is one activation tensor of the HF GPT-2 forward that a hook can see: the residual stream
-before/after a block's attention or MLP, the concatenated head outputs ``z`` (input of the
-attention's ``c_proj``), a head's d_model output, the joint q/k/v projection's input per head and
-channel, the MLP output, the MLP neurons. Each edit reads the selected values of its slot and
-returns new ones; a sender restricted with ``Site(to=...)`` leaves its slot alone and turns the
-change into a d_model delta that only its receivers' inputs get.
+A slot is one activation tensor of the forward that a hook can see: the residual stream before
+a block, between attention and MLP (sequential residual only) and after the block; the
+concatenated head outputs ``z`` (input of the attention output projection); a head's d_model
+output; a head's q/k/v input (per head and channel); the MLP input, output and neurons; the
+final residual. Where each slot lives is the architecture adapter's business (``model.arch``);
+this module knows only slots. Each edit reads the selected values of its slot and returns new
+ones; a sender restricted with ``Site(to=...)`` leaves its slot alone and turns the change into
+a d_model delta that only its receivers' inputs get.
+
+What an edit does comes from the op's own declarations (:class:`~circuitsteer.interventions.Op`):
+its function, whether it is a pure addition, whether it is ``x * mul + add`` (fusable), whether
+it stacks with others at a site, and whether it needs a source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from circuitsteer.engine.positions import Selector
+from circuitsteer.engine.positions import Selector, resolve
 from circuitsteer.errors import InterventionError, ShapeMismatchError
-from circuitsteer.interventions import Ablate, Add, Intervention, Patch, ProjectOut, Scale
-from circuitsteer.nodes import CHANNELS, Node, parse_node, validate_node
+from circuitsteer.interventions import Op, value_key
+from circuitsteer.nodes import (
+    CHANNELS,
+    Node,
+    feeds,
+    format_site,
+    mlp,
+    parse_capture,
+    parse_receiver,
+    resid,
+    validate_node,
+)
 
 # receiver keys: ("qkv", layer, head, channel) | ("mlp_in", layer, -1, "") | ("logits", -1, -1, "")
 ReceiverKey = tuple[str, int, int, str]
@@ -44,15 +60,16 @@ class Slot:
 class Edit:
     """One compiled intervention."""
 
-    iv: Intervention
+    iv: Op
     slot: Slot
     sel: Selector
     fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # (selected, source) -> new
-    additive: torch.Tensor | None = None  # Add: the d-vector itself (lets hooks skip reads)
-    source: torch.Tensor | None = None  # per-example / per-position source values (slot width)
+    additive: torch.Tensor | None = None  # a pure addition: the d-vector itself (hooks skip reads)
+    affine: tuple[float, torch.Tensor | None] | None = None  # x * mul + add (fusable)
+    source: Any = None  # per-example / per-position source values (slot width)
     source_mode: str = ""  # "aligned" (index like the activation) | "values" ([n,k,D] ready)
     receivers: list[ReceiverKey] = field(default_factory=list)
-    w_out: torch.Tensor | None = None  # head sender: W_O rows [d_head, d_model] (z delta -> resid)
+    w_out: torch.Tensor | None = None  # sender: output rows [width, d_model] (change -> resid)
 
     def new_values(self, x: torch.Tensor) -> torch.Tensor:
         src = None
@@ -63,10 +80,6 @@ class Edit:
                 else self.sel.get(self.source, relative=True)
             )
         return self.fn(x, src)
-
-
-def shape_of(model: Any):
-    return model.shape
 
 
 def site_slot(node: Node, channel: str | None, space: str | None, model: Any) -> tuple[Slot, int]:
@@ -96,11 +109,11 @@ def site_slot(node: Node, channel: str | None, space: str | None, model: Any) ->
     )
 
 
-def infer_space(iv: Intervention, node: Node, model: Any) -> str | None:
-    """Pick the space from an explicit ``space`` or the vector's length."""
+def infer_space(iv: Op, node: Node, model: Any) -> str | None:
+    """Pick the space from an explicit ``space`` or the length of the op's ``space_hint``."""
     space = getattr(iv, "space", None)
     s = model.shape
-    vec = iv.vector if isinstance(iv, Add) else iv.direction if isinstance(iv, ProjectOut) else None
+    vec = iv.space_hint()
     if node.kind == "head" and iv.site.channel is None:
         if space in ("out", "neurons"):
             raise InterventionError(
@@ -130,19 +143,17 @@ def infer_space(iv: Intervention, node: Node, model: Any) -> str | None:
     return None
 
 
-def _vector(
-    name: str, v: torch.Tensor, width: int, iv: Intervention, slot: Slot, model: Any
-) -> torch.Tensor:
+def _vector(name: str, v: torch.Tensor, width: int, iv: Op, slot: Slot, model: Any) -> torch.Tensor:
     if v.numel() != width:
         raise ShapeMismatchError(
             f"{type(iv).__name__} at {iv.site}: {name} has {v.numel()} entries but the site "
             f"({slot.kind}) is {width} wide",
-            fix=_width_help(slot, model),
+            fix=_width_help(model),
         )
     return v.to(device=model.device, dtype=model.dtype)
 
 
-def _width_help(slot: Slot, model: Any) -> str:
+def _width_help(model: Any) -> str:
     s = model.shape
     return (
         f"heads take d_head={s.d_head} (space 'z') or d_model={s.d_model} (space 'resid'); MLPs "
@@ -154,98 +165,163 @@ def _width_help(slot: Slot, model: Any) -> str:
 def receiver_keys(sender: Node, to: tuple[str, ...], model: Any) -> list[ReceiverKey]:
     keys: list[ReceiverKey] = []
     for r in to:
-        name, _, ch = r.partition("<")
-        ch = ch.rstrip(">") or None
-        node = validate_node(name, model.shape)
-        if not sender.depth() < node.depth(model.shape.n_layers):
+        try:
+            node, ch = parse_receiver(r)
+        except ValueError as e:  # keep the engine's error type for receivers
             raise InterventionError(
-                f"receiver {r} is not downstream of sender {sender.name}",
+                str(getattr(e, "message", e)), fix=getattr(e, "fix", None)
+            ) from e
+        validate_node(node, model.shape)
+        if not feeds(sender, node, model.shape):
+            raise InterventionError(
+                f"receiver {r} is not downstream of sender {sender.name}"
+                + (
+                    " (with a parallel residual, an MLP reads the layer's input, before its heads)"
+                    if model.shape.parallel_residual and node.kind == "mlp"
+                    else ""
+                ),
                 fix="receivers read the sender's output, so they must come later in the forward pass",
             )
         if node.kind == "head":
-            chans = [ch] if ch else list(CHANNELS)
-            if ch and ch not in CHANNELS:
-                raise InterventionError(
-                    f"unknown channel in receiver {r!r}", fix="use <q>, <k> or <v>"
-                )
-            keys += [("qkv", node.layer or 0, node.head or 0, c) for c in chans]
-        elif node.kind == "mlp" and not ch:
+            keys += [
+                ("qkv", node.layer or 0, node.head or 0, c) for c in ([ch] if ch else CHANNELS)
+            ]
+        elif node.kind == "mlp":
             keys.append(("mlp_in", node.layer or 0, -1, ""))
-        elif node.kind == "logits" and not ch:
-            keys.append(("logits", -1, -1, ""))
         else:
-            raise InterventionError(
-                f"receiver {r!r} is not a head, MLP or logits",
-                fix="name receivers as 'a9.h9', 'a9.h9<q>', 'm5' or 'logits'",
-            )
+            keys.append(("logits", -1, -1, ""))
     return sorted(set(keys))
 
 
-def make_fn(
-    iv: Intervention, slot: Slot, width: int, model: Any
-) -> tuple[Callable, torch.Tensor | None]:
-    """(fn(selected, source) -> new values, additive vector or None)."""
-    if isinstance(iv, Add):
-        v = _vector("vector", iv.vector, width, iv, slot, model) * iv.coef
-        return (lambda x, _src: x + v), v
-    if isinstance(iv, Scale):
-        f = iv.factor
-        return (lambda x, _src: x * f), None
-    if isinstance(iv, ProjectOut):
-        d = _vector("direction", iv.direction, width, iv, slot, model)
-        d = d / d.norm()
-        return (lambda x, _src: x - (x @ d)[..., None] * d), None
-    if isinstance(iv, Ablate) and iv.mode == "zero":
-        return (lambda x, _src: torch.zeros_like(x)), None
-    if isinstance(iv, (Ablate, Patch)):
-        return (lambda x, src: src.expand_as(x).to(x.dtype)), None
-    raise InterventionError(
-        f"not an intervention: {iv!r}", fix="use Add, Ablate, ProjectOut, Scale or Patch"
-    )
-
-
-def parse_capture(name: str, model: Any) -> Slot:
-    """Capture names: node names (heads give z), ``a9.h9:result`` (d_model output), ``a9.h9<q>``
-    (q input), ``a9.h9:pattern``, ``m3`` (output), ``m3:in``, ``m3:neurons``, ``m3.n5``,
-    ``input``, residual sites, ``logits:in`` (input of the final LayerNorm)."""
-    base, _, suffix = name.partition(":")
-    base, _, ch = base.partition("<")
-    ch = ch.rstrip(">") or None
-    if base == "logits":
-        if suffix != "in":
-            raise InterventionError(
-                "capture 'logits' is the returned logits",
-                fix="capture 'logits:in' for the final residual",
-            )
+def capture_slot(name: str, model: Any) -> Slot:
+    """The slot a capture name reads (grammar: :func:`circuitsteer.nodes.parse_capture`)."""
+    c = parse_capture(name)
+    node, point = c.node, c.point
+    if node.kind == "logits":
         return Slot("logits_in", -1)
-    node = validate_node(parse_node(base), model.shape)
+    validate_node(node, model.shape)
     L = node.layer or 0
-    if ch is not None:
-        if node.kind != "head" or ch not in CHANNELS or suffix:
-            raise InterventionError(f"bad capture name {name!r}", fix="use e.g. 'a9.h9<q>'")
-        return Slot("qkv_in", L, head=node.head, channel=ch)
-    if node.kind == "head":
-        if suffix == "pattern":
-            return Slot("pattern", L, head=node.head)
-        if suffix == "result":
-            return Slot("head_resid", L, head=node.head)
-        if suffix:
-            raise InterventionError(
-                f"bad capture suffix in {name!r}", fix="use ':result' or ':pattern' for heads"
-            )
-        slot, _ = site_slot(node, None, "z", model)
-        return slot
-    if node.kind == "mlp" and suffix == "in":
+    if point in CHANNELS:
+        return Slot("qkv_in", L, head=node.head, channel=point)
+    if point == "pattern":
+        return Slot("pattern", L, head=node.head)
+    if point == "result":
+        return Slot("head_resid", L, head=node.head)
+    if point == "in":
         return Slot("mlp_in", L)
-    if node.kind == "mlp" and suffix == "neurons":
+    if point == "neurons":
         return Slot("neurons", L)
-    if suffix:
-        raise InterventionError(
-            f"bad capture suffix in {name!r}",
-            fix="':in'/':neurons' apply to MLPs, ':result'/':pattern' to heads",
+    return site_slot(node, None, "z" if node.kind == "head" else None, model)[0]
+
+
+def source_point(slot: Slot) -> str:
+    """The capture point of a node whose values fill ``slot`` (for reference runs and caches)."""
+    if slot.kind == "qkv_in":
+        return slot.channel or "q"
+    if slot.kind == "head_resid":
+        return "result"
+    if slot.kind == "neurons" and slot.cols is None:
+        return "neurons"
+    return "out"
+
+
+def _conflict_label(node: Node, slot: Slot) -> str:
+    if node.kind == "head":
+        return format_site(node, slot.channel)
+    if node.kind in ("mlp", "neuron"):
+        return mlp(slot.layer)
+    return resid(slot.kind, slot.layer)
+
+
+def _overlap(a: Selector, b: Selector) -> bool:
+    if "all" in (a.kind, b.kind) or isinstance(a.fixed, slice) or isinstance(b.fixed, slice):
+        return True
+    if a.kind == b.kind == "fixed":
+        fa, fb = tuple(a.fixed or ()), tuple(b.fixed or ())
+        if any(p < 0 for p in fa) != any(p < 0 for p in fb):
+            return (
+                True  # -1 and 4 may be the same position; the length is only known in the forward
+            )
+        return bool(set(fa) & set(fb))
+    if (
+        a.kind == b.kind == "per_example"
+        and a.per_example is not None
+        and b.per_example is not None
+    ):
+        return bool((a.per_example[:, :, None] == b.per_example[:, None, :]).any())
+    return True  # fixed vs per-example: conservatively overlapping
+
+
+def _conflicts(a: Edit, b: Edit) -> bool:
+    """Two edits at one site conflict unless both stack (Adds), their positions are disjoint, or
+    both are edge-restricted to disjoint receivers (each receiver then sees one change)."""
+    if a.iv.stacks and b.iv.stacks:
+        return False
+    if a.receivers and b.receivers and not set(a.receivers) & set(b.receivers):
+        return False
+    return _overlap(a.sel, b.sel)
+
+
+def compile_plan(
+    model: Any,
+    interventions: Sequence[Op],
+    positions: Mapping[str, torch.Tensor] | None,
+    prepare_source: Callable[[Edit, Node], None],
+    row0: int = 0,
+    n: int | None = None,
+) -> list[Edit]:
+    """Validate interventions against the model and compile them into (fused) edits.
+
+    ``prepare_source(edit, node)`` attaches reference/patch values to edits whose op declares a
+    ``source_kind``. Sites with equal positions share one selector (and its device index cache).
+    """
+    edits: list[Edit] = []
+    seen: dict[str, list[Edit]] = {}
+    selectors: dict[Any, Selector] = {}
+    arch = model.arch
+    for iv in interventions:
+        if not isinstance(iv, Op):
+            raise InterventionError(
+                f"not an intervention: {iv!r}",
+                fix="use cs.Add, cs.Ablate, cs.ProjectOut, cs.Scale or cs.Patch",
+            )
+        node = validate_node(iv.site.node, model.shape)
+        space = infer_space(iv, node, model)
+        slot, width = site_slot(node, iv.site.channel, space, model)
+        pkey = value_key(iv.site.positions)
+        sel = selectors.get(pkey)
+        if sel is None:
+            sel = selectors[pkey] = resolve(iv.site.positions, positions, row0, n)
+        vecs = {k: _vector(k, v, width, iv, slot, model) for k, v in iv.vectors().items()}
+        e = Edit(
+            iv=iv,
+            slot=slot,
+            sel=sel,
+            fn=iv.function(vecs),
+            additive=iv.additive(vecs),
+            affine=iv.affine(vecs),
         )
-    slot, _ = site_slot(node, None, None, model)
-    return slot
+        if iv.needs_source:
+            prepare_source(e, node)
+        if iv.site.to:
+            e.receivers = receiver_keys(node, iv.site.to, model)
+            if slot.kind == "z":
+                e.w_out = arch.out_rows(model.module(arch.path("attn_out", slot.layer)), slot.cols)
+            elif slot.kind == "neurons":
+                down = model.module(arch.path("mlp_down", slot.layer))
+                e.w_out = arch.out_rows(down, slot.cols or slice(None))
+        label = _conflict_label(node, slot)
+        for other in seen.get(label, []):
+            if _conflicts(other, e):
+                raise InterventionError(
+                    f"conflicting interventions on {label}: {type(other.iv).__name__} at "
+                    f"{other.iv.site} and {type(iv).__name__} at {iv.site} touch the same positions",
+                    fix="only Adds may share a site's positions (edge-restricted changes may if "
+                    "their receivers are disjoint); merge them, or use disjoint positions",
+                )
+        seen.setdefault(label, []).append(e)
+        edits.append(e)
+    return fuse_head_edits(edits, model)
 
 
 def _sel_key(e: Edit) -> tuple:
@@ -257,25 +333,19 @@ def _sel_key(e: Edit) -> tuple:
 
 
 def fuse_head_edits(edits: list[Edit], model: Any) -> list[Edit]:
-    """Merge node-level Add / Scale / zero-Ablate edits on heads of one layer that share a
-    selector into one ``x * mul + add`` over ``[batch, pos, head, d_head]``: one read and one
-    write per layer instead of one per head (144 heads cost one small op per layer).
+    """Merge node-level edits of the form ``x * mul + add`` (the op's ``affine``: Add, Scale,
+    zero-Ablate) on heads of one layer that share a selector into one ``x * mul + add`` over
+    ``[batch, pos, head, d_head]``: one read and one write per layer instead of one per head
+    (144 heads cost one small op per layer). Equal position specs share one selector, so heads
+    edited at the same named positions fuse too.
 
-    Exact: untouched heads get ``x * 1 + 0``; the conflict check already forbids mixing Scale or
-    Ablate with anything else at the same head and positions.
+    Exact: untouched heads get ``x * 1 + 0``; the conflict check already forbids mixing
+    non-stacking ops at the same head and positions.
     """
     groups: dict[tuple, list[Edit]] = {}
     rest: list[Edit] = []
     for e in edits:
-        fusable = (
-            e.slot.kind == "z"
-            and not e.receivers
-            and e.source is None
-            and (
-                isinstance(e.iv, (Add, Scale)) or (isinstance(e.iv, Ablate) and e.iv.mode == "zero")
-            )
-        )
-        if fusable:
+        if e.slot.kind == "z" and not e.receivers and e.source is None and e.affine is not None:
             groups.setdefault(_sel_key(e), []).append(e)
         else:
             rest.append(e)
@@ -288,14 +358,13 @@ def fuse_head_edits(edits: list[Edit], model: Any) -> list[Edit]:
         mul = torch.ones(s.n_heads, 1, device=model.device, dtype=model.dtype)
         add = torch.zeros(s.n_heads, s.d_head, device=model.device, dtype=model.dtype)
         for e in members:
+            assert e.affine is not None
             h = e.slot.head or 0
-            if isinstance(e.iv, Add):
-                assert e.additive is not None
-                add[h] += e.additive
-            elif isinstance(e.iv, Scale):
-                mul[h] *= e.iv.factor
-            else:
-                mul[h], add[h] = 0.0, 0.0
+            m, a = e.affine
+            mul[h] *= m
+            add[h] *= m
+            if a is not None:
+                add[h] += a
         fused.append(
             Edit(
                 iv=members[0].iv,

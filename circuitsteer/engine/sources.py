@@ -1,8 +1,9 @@
-"""Reference-derived values for ``mean`` / ``resample`` ablation and ``Patch``.
+"""Reference-derived values for ops that declare a ``source_kind``: ``mean`` / ``resample``
+ablation and ``patch``.
 
 Each reference batch is run once per call, capturing every site any intervention needs from it;
 the values are then shaped for the sites' selectors (aligned example by example, a mean per
-named position, or a mean per position index).
+named position, or a mean per position index over the rows that are real tokens there).
 """
 
 from __future__ import annotations
@@ -13,25 +14,15 @@ from typing import Any
 import torch
 
 from circuitsteer.engine.hooks import HookSet
-from circuitsteer.engine.plan import Edit, Slot, parse_capture
+from circuitsteer.engine.plan import Edit, capture_slot, source_point
 from circuitsteer.engine.positions import Selector, resolve
 from circuitsteer.errors import InterventionError, PositionError
-from circuitsteer.interventions import Ablate, Intervention, Patch
-from circuitsteer.nodes import Node
+from circuitsteer.interventions import Op
+from circuitsteer.nodes import Node, capture_name
 
 
 class Cache(dict):
     """Captured activations by capture name (``a9.h9`` -> z ``[batch, pos, d_head]`` ...)."""
-
-
-def _capture_name(node: Node, slot: Slot) -> str:
-    if slot.kind == "qkv_in":
-        return f"{node.name}<{slot.channel}>"
-    if slot.kind == "head_resid":
-        return f"{node.name}:result"
-    if slot.kind == "neurons" and node.kind == "mlp":
-        return f"{node.name}:neurons"
-    return node.name
 
 
 class References:
@@ -50,7 +41,7 @@ class References:
         done = self.done.setdefault(key, Cache())
         if name not in done:  # one pass for everything wanted from this batch so far
             toks, names = self.wanted[key]
-            captures = {n: parse_capture(n, self.model) for n in names if n not in done}
+            captures = {n: capture_slot(n, self.model) for n in names if n not in done}
             hs = HookSet(self.model, [], captures)
             try:
                 with torch.no_grad():
@@ -61,31 +52,50 @@ class References:
         return done[name]
 
 
-def _reference_tokens(iv: Ablate) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None]:
-    ref = iv.reference
+def _real_mask(obj: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+    """``[batch, pos]`` True on real tokens, from an object with ``lengths`` (a Task)."""
+    lengths = getattr(obj, "lengths", None)
+    if not isinstance(lengths, torch.Tensor) or lengths.shape[0] != tokens.shape[0]:
+        return None
+    return torch.arange(tokens.shape[1])[None, :] < lengths.cpu()[:, None]
+
+
+def _reference_tokens(
+    iv: Op, run_task: Any
+) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None, torch.Tensor | None]:
+    """(tokens, named positions, real-token mask) of an op's reference. A Task gives its own
+    positions and lengths; a token tensor that is the running task's clean or corrupted batch
+    gets that task's lengths; other token tensors count every position as real."""
+    ref = iv.source_data()
     if isinstance(ref, torch.Tensor):
-        return ref, None
-    attr = "corrupted" if iv.mode == "resample" else "clean"
-    toks = getattr(ref, attr, None)
+        same = run_task is not None and any(
+            getattr(run_task, a, None) is ref for a in ("clean", "corrupted")
+        )
+        return ref, None, _real_mask(run_task, ref) if same else None
+    toks = getattr(ref, "corrupted" if iv.source_kind == "resample" else "clean", None)
     if isinstance(toks, torch.Tensor):
-        return toks, getattr(ref, "positions", None)
+        return toks, getattr(ref, "positions", None), _real_mask(ref, toks)
     raise InterventionError(
-        f"Ablate({iv.mode}) reference must be a token tensor or a Task, got {type(ref).__name__}",
+        f"{type(iv).__name__}({iv.source_kind}) reference must be a token tensor or a Task, "
+        f"got {type(ref).__name__}",
         fix="pass reference=task.corrupted",
     )
 
 
 def prepare_source(
     e: Edit,
-    iv: Intervention,
     node: Node,
     refs: References,
     run_tokens: torch.Tensor | None,
     positions: Mapping[str, torch.Tensor] | None,
+    run_task: Any = None,
 ) -> None:
-    name = _capture_name(node, e.slot)
-    if isinstance(iv, Patch):
-        src = iv.source
+    """Attach the values an op with a ``source_kind`` reads to its edit (lazily: references run
+    once, after every edit of the call has said what it wants)."""
+    iv = e.iv
+    name = capture_name(node, source_point(e.slot))
+    if iv.source_kind == "patch":
+        src = iv.source_data()
         if isinstance(src, Mapping):
             if name not in src:
                 raise InterventionError(
@@ -101,19 +111,22 @@ def prepare_source(
         _check_ref_shape(iv, src, run_tokens, e.sel)
         e.source, e.source_mode = src.to(torch.device(refs.model.device)), "aligned"
         return
-    assert isinstance(iv, Ablate)
-    ref_tokens, ref_positions = _reference_tokens(iv)
+    ref_tokens, ref_positions, mask = _reference_tokens(iv, run_task)
     if ref_tokens.dim() != 2:
         raise InterventionError(
             f"reference tokens must be [batch, pos], got {tuple(ref_tokens.shape)}",
             fix="pass a 2-D LongTensor such as task.corrupted",
         )
     refs.want(ref_tokens, name)
-    if iv.mode == "resample":
+    if iv.source_kind == "resample":
         _check_ref_shape(iv, ref_tokens, run_tokens, e.sel)
         e.source, e.source_mode = Lazy(refs, ref_tokens, name), "aligned"
         return
-    # mean
+    if iv.source_kind != "mean":
+        raise InterventionError(
+            f"{type(iv).__name__} declares an unknown source_kind {iv.source_kind!r}",
+            fix="use 'patch', 'resample' or 'mean'",
+        )
     if e.sel.kind == "per_example":
         spec = iv.site.positions if isinstance(iv.site.positions, tuple) else (iv.site.positions,)
         pos_map = ref_positions if ref_positions is not None else positions
@@ -129,7 +142,7 @@ def prepare_source(
         e.source, e.source_mode = Lazy(refs, ref_tokens, name, mean_sel=ref_sel), "values"
     else:
         e.source, e.source_mode = (
-            Lazy(refs, ref_tokens, name, mean_over_batch=True),
+            Lazy(refs, ref_tokens, name, mean_over_batch=True, mask=mask),
             "mean_positions",
         )
 
@@ -137,9 +150,17 @@ def prepare_source(
 class Lazy:
     """A reference-derived source, computed on first use (one capture pass per reference batch)."""
 
-    def __init__(self, refs, tokens, name, mean_sel: Selector | None = None, mean_over_batch=False):
+    def __init__(
+        self,
+        refs: References,
+        tokens: torch.Tensor,
+        name: str,
+        mean_sel: Selector | None = None,
+        mean_over_batch: bool = False,
+        mask: torch.Tensor | None = None,
+    ) -> None:
         self.refs, self.tokens, self.name = refs, tokens, name
-        self.mean_sel, self.mean_over_batch = mean_sel, mean_over_batch
+        self.mean_sel, self.mean_over_batch, self.mask = mean_sel, mean_over_batch, mask
         self.value: torch.Tensor | None = None
 
     def resolve(self) -> torch.Tensor:
@@ -148,13 +169,30 @@ class Lazy:
             if self.mean_sel is not None:
                 act = self.mean_sel.get(act).mean(0)  # [k, width]: mean at each named position
             elif self.mean_over_batch:
-                act = act.mean(0)  # [pos, width]
+                act = masked_mean(act, self.mask)  # [pos, width]
             self.value = act
         return self.value
 
 
+def masked_mean(act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the batch at each position, over the rows that are real tokens there
+    (``mask [batch, pos]``); a position with no real row (padding everywhere) takes the plain
+    mean, which only padding positions read.
+
+    >>> masked_mean(torch.tensor([[[1.0], [2.0]], [[3.0], [9.0]]]), torch.tensor([[True, True], [True, False]]))
+    tensor([[2.],
+            [2.]])
+    """
+    if mask is None:
+        return act.mean(0)
+    m = mask.to(device=act.device, dtype=act.dtype)[..., None]
+    count = m.sum(0)
+    real = (act * m).sum(0) / count.clamp(min=1)
+    return torch.where(count > 0, real, act.mean(0))
+
+
 def _check_ref_shape(
-    iv: Intervention, ref: torch.Tensor, run_tokens: torch.Tensor | None, sel: Selector
+    iv: Op, ref: torch.Tensor, run_tokens: torch.Tensor | None, sel: Selector
 ) -> None:
     n = sel.n if sel.n is not None else (run_tokens.shape[0] if run_tokens is not None else None)
     if run_tokens is not None and (ref.shape[0] != n or ref.shape[1] != run_tokens.shape[1]):

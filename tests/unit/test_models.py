@@ -79,9 +79,55 @@ def test_folder_without_config(tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
-    with pytest.raises(UnsupportedArchitectureError, match="llama"):
+    # (llama was the unsupported example before issue 9 added the Llama family)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5", "hidden_size": 8}))
+    with pytest.raises(UnsupportedArchitectureError, match="t5") as e:
         cs.load_model(tmp_path)
+    for supported in ("gpt2", "gpt_neox", "llama", "qwen2", "mistral"):
+        assert supported in str(e.value)
+    with pytest.raises(UnsupportedArchitectureError, match="supported"):
+        cs.models.random_model("bert")
+
+
+@pytest.mark.parametrize(
+    "family,cfg",
+    [("gpt2", {}), ("gpt_neox", {}), ("llama", {"n_kv_heads": 2}), ("qwen2", {}), ("mistral", {})],
+)
+def test_local_folder_of_every_family(tmp_path, family, cfg):
+    from transformers import AutoModelForCausalLM
+
+    src = cs.models.random_model(family, n_layers=2, n_heads=4, d_model=32, seed=4, **cfg)
+    src.hf.save_pretrained(tmp_path)
+    src.tokenizer.save_pretrained(tmp_path)
+    model = cs.load_model(tmp_path)
+    assert model.arch.family == src.arch.family and model.shape == src.shape
+    assert model._bridge is None  # the TransformerLens bridge boots on first use only
+    raw = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    tokens = model.to_tokens(["hello", "world"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), raw(tokens).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            cs.engine.run(model, tokens, [])[0], raw(tokens).logits, atol=1e-5, rtol=0
+        )
+
+
+def test_bridge_is_lazy():
+    """Loading and running the engine never imports TransformerLens; ``model.bridge`` boots it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, circuitsteer as cs\n"
+        "m = cs.random_model('llama', n_kv_heads=2)\n"
+        "cs.engine.run(m, torch.randint(0, 256, (1, 4)), [cs.Scale(cs.Site('m0'), 0.5)])\n"
+        "assert m._bridge is None\n"
+        "print(any(k.startswith('transformer_lens') for k in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+    model = cs.random_gpt2(seed=7)
+    assert model._bridge is None and model.bridge is model._bridge is not None
 
 
 @pytest.mark.parametrize("offline_env", ["1", None])
