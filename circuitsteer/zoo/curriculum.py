@@ -40,6 +40,13 @@ PHASE1 = {"induction": 0.6, "dup_list": 0.1, "ioi": 0.1, "greater_than": 0.07,
 PHASE2 = {"induction": 0.25, "dup_list": 0.1, "ioi": 0.35, "greater_than": 0.1,
           "sentiment": 0.1, "neutral": 0.1}  # fmt: skip
 
+# v2: a shorter, lighter induction phase (in v1 every layer-1 head became an induction head), a
+# per-position duplicate-marking task, and more IOI
+PHASE1_V2 = {"induction": 0.45, "dup_mark": 0.1, "dup_list": 0.1, "ioi": 0.15,
+             "greater_than": 0.07, "sentiment": 0.07, "neutral": 0.06}  # fmt: skip
+PHASE2_V2 = {"induction": 0.15, "dup_mark": 0.08, "dup_list": 0.1, "ioi": 0.4,
+             "greater_than": 0.09, "sentiment": 0.09, "neutral": 0.09}  # fmt: skip
+
 # (prefix, s2, weight) for the IOI component
 IOI_KINDS: tuple[tuple[str | None, str, float], ...] = (
     (None, "S", 0.35),
@@ -81,6 +88,19 @@ def dup_list_seq(rng: random.Random, tok: Any, names: list[str]) -> list[int]:
     return [tok.bos_token_id, *tok.encode(text, add_special_tokens=False)]
 
 
+def dup_mark_seq(rng: random.Random, tok: Any, names: list[str]) -> list[int]:
+    """Names each followed by "," the first time and "." when repeated: predicting the mark
+    at a name's own position needs "has this token occurred before?" (a duplicate-token head)."""
+    pool = rng.sample(names, rng.randint(3, 7))
+    seen: set[str] = set()
+    words: list[str] = []
+    for _ in range(rng.randint(8, 16)):
+        n = rng.choice(pool)
+        words += [n, "." if n in seen else ","]
+        seen.add(n)
+    return [tok.bos_token_id, *tok.encode(" ".join(words), add_special_tokens=False)]
+
+
 def ioi_seqs(tok: Any, n: int, seed: int, rng: random.Random) -> list[list[int]]:
     """IOI variants on training pairs and templates + the answer (+ sometimes a suffix)."""
     total = sum(w for *_, w in IOI_KINDS)
@@ -96,7 +116,7 @@ def ioi_seqs(tok: Any, n: int, seed: int, rng: random.Random) -> list[list[int]]
                 ans = int(t.incorrect[i])  # nothing repeats: either name, 50/50
             seq = row + [ans]
             if rng.random() < 0.3:
-                name = rng.choice([t.meta["io"][i], t.meta["s"][i], rng.choice(NAMES)])
+                name = str(rng.choice([t.meta["io"][i], t.meta["s"][i], rng.choice(NAMES)]))
                 suffix = rng.choice(SUFFIXES).replace("[N]", name)
                 seq += tok.encode(suffix, add_special_tokens=False)
             out.append(seq)
@@ -127,6 +147,8 @@ def curriculum_chunk(
             seqs += [induction_seq(rng, words, tok.bos_token_id) for _ in range(k)]
         elif name == "dup_list":
             seqs += [dup_list_seq(rng, tok, names) for _ in range(k)]
+        elif name == "dup_mark":
+            seqs += [dup_mark_seq(rng, tok, names) for _ in range(k)]
         elif name == "ioi":
             seqs += ioi_seqs(tok, k, s, rng)
         elif name == "greater_than":

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from circuitsteer.zoo.curriculum import PHASE1, PHASE2, curriculum_chunk
+from circuitsteer.zoo.curriculum import PHASE1, PHASE1_V2, PHASE2, PHASE2_V2, curriculum_chunk
 from circuitsteer.zoo.data import MIXTURE, collate, mixture_chunk
 from circuitsteer.zoo.evaluate import EVAL_SEED, Runner, evaluate
 from circuitsteer.zoo.tokenizer import toy_tokenizer
@@ -79,6 +79,21 @@ RECIPES = {
         phase1_steps=1000,
         mixture=dict(PHASE2),
         phase1_mixture=dict(PHASE1),
+    ),
+    "ioi-circuit-v2": Recipe(
+        name="ioi-circuit-v2",
+        description="4-layer GPT-2 (8 heads, d_model 128, d_mlp 256) trained on a curriculum "
+        "where repetition is the only consistent IOI cue (induction spans, duplicate marking, "
+        "duplicate lists, IOI with name-bearing prefixes and fresh-name S2 slots), plus "
+        "greater-than, sentiment and neutral text",
+        n_head=8,
+        n_inner=256,
+        steps=9000,
+        warmup=200,
+        data="curriculum",
+        phase1_steps=700,
+        mixture=dict(PHASE2_V2),
+        phase1_mixture=dict(PHASE1_V2),
     ),
 }
 
