@@ -32,7 +32,8 @@ class ModelNotAvailableError(CircuitSteerError, OSError):
 
 
 class UnsupportedArchitectureError(CircuitSteerError, ValueError):
-    """The model is not a GPT-2-architecture model that the engine can hook."""
+    """The model's architecture has no adapter (supported: GPT-2, GPT-NeoX/Pythia, Llama, Qwen2,
+    Mistral); the message lists the supported ``model_type`` values."""
 
 
 class NodeNameError(CircuitSteerError, ValueError):

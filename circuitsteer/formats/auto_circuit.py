@@ -25,7 +25,7 @@ from typing import Any
 
 from circuitsteer.errors import CircuitFormatError, NodeNameError
 from circuitsteer.graph import Circuit
-from circuitsteer.nodes import CHANNELS, parse_node
+from circuitsteer.nodes import CHANNELS, head, mlp, parse_node
 
 _SRC = re.compile(r"Resid Start|A(\d+)\.(\d+)|MLP (\d+)")
 _DST = re.compile(r"Resid End|A(\d+)\.(\d+)(?:\.([QKV]))?|MLP (\d+)")
@@ -44,12 +44,15 @@ def parse_auto_circuit_edge(name: Any) -> list[tuple[str, str, str | None]]:
     ms, md = _SRC.fullmatch(src_s), _DST.fullmatch(dst_s)
     if not ms or not md:
         raise CircuitFormatError(f"auto-circuit edge {name!r}: unknown node name", fix=_FIX)
-    src = "input" if ms[0] == "Resid Start" else f"a{ms[1]}.h{ms[2]}" if ms[1] else f"m{ms[3]}"
+    if ms[0] == "Resid Start":
+        src = "input"
+    else:
+        src = head(int(ms[1]), int(ms[2])) if ms[1] else mlp(int(ms[3]))
     if md[0] == "Resid End":
         return [(src, "logits", None)]
     if md[4]:
-        return [(src, f"m{md[4]}", None)]
-    dst = f"a{md[1]}.h{md[2]}"
+        return [(src, mlp(int(md[4])), None)]
+    dst = head(int(md[1]), int(md[2]))
     channels = [md[3].lower()] if md[3] else list(CHANNELS)
     return [(src, dst, ch) for ch in channels]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from circuitsteer.errors import CircuitFormatError
 from circuitsteer.graph import Circuit
+from circuitsteer.nodes import head as head_name
 
 _TOKEN = re.compile(r"(?:a)?(\d{1,6})\.(?:h)?(\d{1,6})")
 _SPLIT = re.compile(r"[,;\s]+")
@@ -45,7 +46,7 @@ def parse_heads(spec: str | Iterable[Any]) -> list[str]:
             raise CircuitFormatError(f"head list entry {i} ({item!r}) is not a head", fix=_FIX)
         if layer < 0 or head < 0:
             raise CircuitFormatError(f"head list entry {i} ({item!r}) is negative", fix=_FIX)
-        name = f"a{layer}.h{head}"
+        name = head_name(layer, head)
         if name in out:
             raise CircuitFormatError(
                 f"head list entry {i} repeats {name}", fix="list each head once"
