@@ -121,8 +121,10 @@ class Node:
         return self.name
 
     def depth(self, n_layers: int | None = None) -> float:
-        """Position in the forward order: input 0, heads of layer L at 2L+1, MLP L at 2L+2,
-        residual sites between them, logits last. Edges must point to a strictly larger depth."""
+        """Position in the forward order of a sequential-residual model: input 0, heads of layer
+        L at 2L+1, MLP L at 2L+2, residual sites between them, logits last. Edges must point to a
+        strictly larger depth. :func:`depth` gives the depth in a model of a given shape (a
+        parallel residual puts MLP L at its heads' depth)."""
         if self.kind == "input":
             return 0.0
         if self.kind == "logits":
