@@ -24,22 +24,37 @@ from circuitsteer.engine.plan import Edit, ReceiverKey, Slot
 from circuitsteer.errors import InterventionError
 
 HeadChannel = tuple[int, str]
+Span = tuple[int, int]  # rows [start, stop) of the batch
+
+
+def _spans(rows: list[slice]) -> list[Span]:
+    """Merge row ranges into disjoint sorted spans."""
+    out: list[Span] = []
+    for a, b in sorted((r.start, r.stop) for r in rows):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
+    return out
 
 
 class _Group:
-    """Heads' q/k/v inputs that share one effective input (the same edge deltas, or one edit)."""
+    """Heads' q/k/v inputs that share one effective input (the same edge deltas, or one edit),
+    and the rows where it differs from the clean input: only those rows are recomputed, so
+    the other rows (other variants of a ``run_variants`` batch) keep the model's own arithmetic."""
 
-    __slots__ = ("members", "normed", "x")
+    __slots__ = ("_normed", "members", "spans", "x")
 
-    def __init__(self, x: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, spans: list[Span]) -> None:
         self.x = x
+        self.spans = spans
         self.members: list[HeadChannel] = []
-        self.normed: torch.Tensor | None = None
+        self._normed: dict[Span, torch.Tensor] = {}
 
-    def norm(self, ln: Any) -> torch.Tensor:
-        normed = self.normed
+    def norm(self, ln: Any, span: Span) -> torch.Tensor:
+        normed = self._normed.get(span)
         if normed is None:  # forward(): the module's own hooks stay out of it
-            normed = self.normed = ln.forward(self.x)
+            normed = self._normed[span] = ln.forward(self.x[span[0] : span[1]])
         return normed
 
 
@@ -56,8 +71,9 @@ class _State:
         self.qkv_of: dict[tuple[int, int, str], _Group] = {}
         self.proj: dict[tuple[int, str], torch.Tensor] = {}
         self.attn_kw: dict[int, tuple[Any, Any]] = {}
-        self.patterns: dict[tuple[int, int], torch.Tensor] = {}
+        self.patterns: dict[tuple[int, int], list[tuple[Span, torch.Tensor]]] = {}
         self.deltas: dict[ReceiverKey, list[torch.Tensor]] = defaultdict(list)
+        self.delta_rows: dict[int, slice] = {}  # id(delta) -> the rows it is non-zero in
 
 
 def _apply_edits(act: torch.Tensor, edits: list[Edit], state: _State, model: Any) -> None:
@@ -89,6 +105,7 @@ def state_delta(state: _State, e: Edit, act: torch.Tensor, delta: torch.Tensor, 
         act.shape[0], act.shape[1], model.shape.d_model, dtype=act.dtype, device=act.device
     )
     e.sel.put(full, delta)
+    state.delta_rows[id(full)] = e.sel.rows(act.shape[0])
     for key in e.receivers:
         state.deltas[key].append(full)
 
@@ -234,10 +251,10 @@ class HookSet:
         def hook(module, args, output):
             out, weights = output[0], output[1]
             for name, slot in self.captures.get(("pattern", L), ()):
-                p = self.state.patterns.get((L, slot.head or 0))
-                self.captured[name] = (
-                    (p if p is not None else weights[:, slot.head]).detach().clone()
-                )
+                p = weights[:, slot.head].detach().clone()
+                for (a, b), rows in self.state.patterns.get((L, slot.head or 0), ()):
+                    p[a:b] = rows.detach()
+                self.captured[name] = p
             if not edits:
                 return None
             mid = self.state.resid_pre[L] + out
@@ -270,13 +287,16 @@ class HookSet:
                 gid = tuple(id(t) for t in deltas)
                 g = groups.get(gid)
                 if g is None:
-                    g = groups[gid] = _Group(_summed(x, deltas))
+                    rows = [state.delta_rows[id(t)] for t in deltas]
+                    g = groups[gid] = _Group(_summed(x, deltas), _spans(rows))
                 g.members.append((h, ch))
             for (h, ch), es in edits.items():
                 deltas = state.deltas.get(("qkv", L, h, ch), [])
                 xe = x.clone() if not deltas else _summed(x, deltas)
                 _apply_edits(xe, es, state, self.model)
-                g = groups[("edit", h, ch)] = _Group(xe)
+                rows = [e.sel.rows(x.shape[0]) for e in es]
+                rows += [state.delta_rows[id(t)] for t in deltas]
+                g = groups[("edit", h, ch)] = _Group(xe, _spans(rows))
                 g.members.append((h, ch))
             for g in groups.values():
                 for h, ch in g.members:
@@ -312,7 +332,8 @@ class HookSet:
                     ).to(module.weight.device)
                 if not patched:
                     out, patched = out.clone(), True
-                out[..., cols] = arch.project(module, cols, g.norm(ln))
+                for a, b in g.spans:
+                    out[a:b, :, cols] = arch.project(module, cols, g.norm(ln, (a, b)))
             if recompute:
                 for c in channels:
                     self.state.proj[(L, c)] = out
@@ -320,20 +341,24 @@ class HookSet:
 
         return hook
 
-    def _head_attention(self, L: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head ``h``'s attention from its own q, k and v (k/v recomputed from the head's own
-        modified inputs): ``(z_h [batch, pos, d_head], pattern [batch, pos, pos])``."""
+    def _head_attention(self, L: int, h: int, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head ``h``'s attention in rows ``span`` from its own q, k and v (k/v recomputed from
+        the head's own modified inputs): ``(z_h [n, pos, d_head], pattern [n, pos, pos])``."""
         arch, state = self.arch, self.state
+        a, b = span
         pos_emb, mask = state.attn_kw[L]
+        if pos_emb is not None:
+            pos_emb = tuple(t if t.shape[0] == 1 else t[a:b] for t in pos_emb)
         ln = self._mod("ln1", L)
 
         def channel(c: str) -> torch.Tensor:
             cols = arch.qkv_cols(c, h)
             g = state.qkv_of.get((L, h, c))
             if c == "q" or g is None:
-                return state.proj[(L, c)][..., cols]
+                return state.proj[(L, c)][a:b, :, cols]
             module = self._mod(c, L)
-            return arch.project(module, _arange(cols).to(module.weight.device), g.norm(ln))
+            idx = _arange(cols).to(module.weight.device)
+            return arch.project(module, idx, ln.forward(g.x[a:b]))
 
         q = arch.rotary(channel("q"), pos_emb)
         k = arch.rotary(channel("k"), pos_emb)
@@ -343,12 +368,24 @@ class HookSet:
         if mask is None:
             causal = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
             scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
-        elif mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask[:, 0, :, -P:], torch.finfo(scores.dtype).min)
         else:
-            scores = scores + mask[:, 0, :, -P:]
+            m = mask[:, 0, :, -P:]
+            m = m if m.shape[0] == 1 else m[a:b]
+            if m.dtype == torch.bool:
+                scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + m
         pattern = torch.softmax(scores.float(), dim=-1).to(v.dtype)
         return pattern @ v, pattern
+
+    def _recompute_spans(self, L: int, h: int) -> list[Span]:
+        """Rows where head ``h``'s k or v input differs from the clean one."""
+        rows: list[slice] = []
+        for c in ("k", "v"):
+            g = self.state.qkv_of.get((L, h, c))
+            if g is not None:
+                rows += [slice(a, b) for a, b in g.spans]
+        return _spans(rows)
 
     # -- head outputs -------------------------------------------------------------------------
     def _z_pre(self, L: int, recompute: set[int]):
@@ -363,9 +400,11 @@ class HookSet:
             if edits or heads:
                 z = z.clone()
             for h in heads:
-                z_h, pattern = self._head_attention(L, h)
-                z[..., self._head_cols(h)] = z_h
-                self.state.patterns[(L, h)] = pattern
+                cols = self._head_cols(h)
+                for span in self._recompute_spans(L, h):
+                    z_h, pattern = self._head_attention(L, h, span)
+                    z[span[0] : span[1], :, cols] = z_h
+                    self.state.patterns.setdefault((L, h), []).append((span, pattern))
             for e in edits:
                 # fused multi-head edits see z as [batch, pos, head, d_head]
                 act = z.view(*z.shape[:-1], -1, dh) if e.slot.head is None else z[..., e.slot.cols]
