@@ -4,6 +4,8 @@
 * :func:`attention`: mean attention between a task's named positions, per head (and per order).
 * :func:`direct_logit_attribution`: each node's direct share of the logit difference.
 * :func:`path_patching`, :func:`path_patching_grid`: Wang et al.'s path patching.
+* :func:`find_ioi_circuit`: a model's IOI circuit, path patching backwards from the logits;
+  :func:`faithfulness_mean_ablation` measures it.
 
 Example:
     >>> import circuitsteer as cs
@@ -19,6 +21,10 @@ from circuitsteer.analysis.heads import attention as attention
 from circuitsteer.analysis.heads import head_scores as head_scores
 from circuitsteer.analysis.heads import ordinary_token_ids as ordinary_token_ids
 from circuitsteer.analysis.heads import repeated_tokens as repeated_tokens
+from circuitsteer.analysis.ioi_circuit import (
+    faithfulness_mean_ablation as faithfulness_mean_ablation,
+)
+from circuitsteer.analysis.ioi_circuit import find_ioi_circuit as find_ioi_circuit
 from circuitsteer.analysis.path_patching import path_patching as path_patching
 from circuitsteer.analysis.path_patching import path_patching_grid as path_patching_grid
 from circuitsteer.errors import AnalysisError as AnalysisError

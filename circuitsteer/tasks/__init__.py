@@ -17,8 +17,13 @@ from circuitsteer.tasks.base import Task as Task
 from circuitsteer.tasks.base import length_mask as length_mask
 from circuitsteer.tasks.greater_than import greater_than as greater_than
 from circuitsteer.tasks.ioi import ioi as ioi
+from circuitsteer.tasks.ioi_probes import ioi_probes as ioi_probes
+from circuitsteer.tasks.ioi_probes import ioi_variant as ioi_variant
 from circuitsteer.tasks.neutral import neutral as neutral
 from circuitsteer.tasks.sentiment import contrast_words as contrast_words
 from circuitsteer.tasks.sentiment import sentiment as sentiment
 
-__all__ = ["Task", "contrast_words", "greater_than", "ioi", "length_mask", "neutral", "sentiment"]
+__all__ = [
+    "Task", "contrast_words", "greater_than", "ioi", "ioi_probes", "ioi_variant", "length_mask",
+    "neutral", "sentiment",
+]  # fmt: skip

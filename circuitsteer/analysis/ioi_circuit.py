@@ -1,0 +1,227 @@
+"""Find a model's IOI circuit the way Wang et al. (2022) found GPT-2's: path patching backwards
+from the logits, one class of heads at a time, with attention patterns naming each class.
+
+1. name movers (and negative name movers): heads whose path to the logits carries a share of
+   the clean - ABC logit difference above ``threshold`` (below ``-threshold``: negative);
+2. S-inhibition: heads whose path to the name movers' queries does;
+3. induction / duplicate token: heads whose path to the S-inhibition heads' keys and values
+   does; a head is "induction" when its induction score on repeated random tokens exceeds its
+   duplicate-token score, else "duplicate token";
+4. previous token: heads whose path to the induction heads' keys and values does.
+
+Each head's evidence (path-patching share, attention from its class position, head scores,
+direct logit attribution) goes into the node's ``meta`` and the circuit's metadata, and the
+circuit's edges follow the paper's wiring (:mod:`circuitsteer.wiring`). Finally its
+faithfulness is measured: every head outside the circuit mean-ablated (per template and
+position over the ABC prompts; MLPs and the circuit's heads untouched), logit difference of
+that model over the full model's.
+
+Example:
+    >>> import circuitsteer as cs                                   # doctest: +SKIP
+    >>> model = cs.load_model("ioi-circuit")                        # doctest: +SKIP
+    >>> circuit, evidence = find_ioi_circuit(model, n=200)          # doctest: +SKIP
+    >>> circuit.classes["name mover"]                               # doctest: +SKIP
+    ['a3.h1', ...]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import torch
+
+from circuitsteer import engine, metrics
+from circuitsteer.analysis.attribution import direct_logit_attribution
+from circuitsteer.analysis.heads import attention, head_scores
+from circuitsteer.analysis.path_patching import path_patching_grid
+from circuitsteer.errors import AnalysisError
+from circuitsteer.interventions import Ablate, Site
+from circuitsteer.nodes import all_heads, parse_node
+
+CLASS_POSITIONS = {
+    "name mover": "END",
+    "negative name mover": "END",
+    "S-inhibition": "END",
+    "induction": "S2",
+    "duplicate token": "S2",
+    "previous token": "S1+1",
+}
+_MOVERS = ("name mover", "negative name mover")
+
+
+def _hits(df: pd.DataFrame, threshold: float, exclude: set[str]) -> list[str]:
+    """Heads (in grid order) whose path carries at least ``threshold`` of the gap."""
+    return [
+        str(r.node) for r in df.itertuples() if r.frac_of_gap >= threshold and r.node not in exclude
+    ]
+
+
+def _receivers(heads: list[str], channels: str) -> list[str]:
+    return [f"{h}<{c}>" for h in heads for c in channels]
+
+
+def find_ioi_circuit(
+    model: Any,
+    task: Any = None,
+    n: int = 200,
+    seed: int = 10_000,
+    threshold: float = 0.05,
+    name: str = "ioi",
+    max_batch: int = 256,
+) -> tuple[Any, pd.DataFrame]:
+    """The model's IOI circuit (a :class:`circuitsteer.Circuit`) and one evidence row per head.
+
+    ``task``: an IOI task with ABC-corrupted twins (default: ``tasks.ioi(model, n, seed,
+    split="heldout")``). ``threshold``: the share of the clean - corrupted logit difference a
+    head's path must carry to join a class.
+    """
+    from circuitsteer.graph import Circuit
+    from circuitsteer.tasks import ioi
+    from circuitsteer.wiring import wire
+
+    if task is None:
+        task = ioi(model, n=n, seed=seed, split="heldout")
+    heads = all_heads(model.shape)
+    classes: dict[str, str] = {}
+    evidence: dict[str, dict[str, float]] = {h: {} for h in heads}
+
+    def grid(receivers: list[str], key: str) -> pd.DataFrame:
+        df = path_patching_grid(model, task, receivers, max_batch=max_batch)
+        for r in df.itertuples():
+            evidence[str(r.node)][key] = round(float(r.frac_of_gap), 4)
+        return df
+
+    g1 = grid(["logits"], "pp_logits")
+    for r in g1.itertuples():
+        if r.frac_of_gap >= threshold:
+            classes[str(r.node)] = "name mover"
+        elif r.frac_of_gap <= -threshold:
+            classes[str(r.node)] = "negative name mover"
+    movers = [h for h, c in classes.items() if c in _MOVERS]
+    if not movers:
+        raise AnalysisError(
+            f"no head's path to the logits carries {threshold:.0%} of the logit difference",
+            fix="lower threshold, or check that the model solves IOI (logit difference > 0)",
+        )
+    sinh: list[str] = []
+    if min(_layer(h) for h in movers) > 0:
+        g2 = grid(_receivers(movers, "q"), "pp_mover_q")
+        sinh = _hits(g2, threshold, set(classes))
+        classes |= dict.fromkeys(sinh, "S-inhibition")
+    scores = head_scores(model, n=100, seq_len=20, seed=seed)
+    sc = scores.pivot_table(index="node", columns="kind", values="score")
+    upstream: list[str] = []
+    if sinh:
+        g3 = grid(_receivers(sinh, "kv"), "pp_sinh_kv")
+        upstream = _hits(g3, threshold, set(classes))
+        for h in upstream:
+            ind, dup = sc.loc[h, "induction"], sc.loc[h, "duplicate_token"]
+            classes[h] = "induction" if ind > dup else "duplicate token"
+    induction = [h for h, c in classes.items() if c == "induction"]
+    later = [h for h in induction if _layer(h) > 0]
+    if later:
+        g4 = grid(_receivers(later, "kv"), "pp_ind_kv")
+        prev = _hits(g4, threshold, set(classes))
+        classes |= dict.fromkeys(prev, "previous token")
+
+    att = attention(model, task, from_pos="END", to=("IO", "S1", "S2"))
+    att2 = attention(model, task, from_pos="S2", to=("S1", "S1+1"))
+    dla = direct_logit_attribution(model, task).set_index("node")
+    for h in heads:
+        ev = evidence[h]
+        for df, src in ((att, "END"), (att2, "S2")):
+            sub = df[(df["node"] == h)]
+            for r in sub.itertuples():
+                ev[f"attn_{src}>{r.to}" + ("" if r.order == "all" else f"_{r.order}")] = round(
+                    float(r.attention), 4
+                )
+        for k in ("previous_token", "duplicate_token", "induction"):
+            ev[f"score_{k}"] = round(float(sc.loc[h, k]), 4)
+        ev["dla_frac"] = round(float(dla.loc[h, "frac_of_logit_diff"]), 4)
+
+    circuit = Circuit(
+        name, model=model.name, shape=model.shape,
+        source="circuitsteer.analysis.find_ioi_circuit: path patching backwards from the logits "
+        "(Wang et al. 2022), ABC corruption",
+    )  # fmt: skip
+    circuit.add_node("input")
+    for layer in range(model.shape.n_layers):
+        circuit.add_node(f"m{layer}")
+    circuit.add_node("logits")
+    for h, c in sorted(classes.items(), key=lambda kv: _order(kv[0])):
+        circuit.add_node(h, cls=c, positions=[CLASS_POSITIONS[c]], meta=evidence[h])
+    circuit = wire(circuit, _wiring(classes, model.shape.n_layers))
+    rows = [{"node": h, "class": classes.get(h), **evidence[h]} for h in heads]
+    table = pd.DataFrame(rows)
+    circuit.metadata.update({
+        "wiring": _wiring(classes, model.shape.n_layers),
+        "method": {"threshold": threshold, "n": len(task), "seed": seed,
+                   "corruption": task.extra.get("corruption", "ABC"),
+                   "metric": "logit difference IO - S at END; frac = share of clean - corrupted"},
+        "clean_logit_diff": round(float(g1["clean"].iloc[0]), 4),
+        "corrupted_logit_diff": round(float(g1["corrupted"].iloc[0]), 4),
+    })  # fmt: skip
+    return circuit, table
+
+
+def _layer(node: str) -> int:
+    return int(parse_node(node).layer or 0)
+
+
+def _order(node: str) -> tuple[int, int]:
+    n = parse_node(node)
+    return int(n.layer or 0), int(n.head or 0)
+
+
+def _wiring(classes: dict[str, str], n_layers: int) -> list[dict[str, Any]]:
+    present = set(classes.values())
+    inputs = ["input", *(f"m{i}" for i in range(n_layers))]
+    movers = [c for c in _MOVERS if c in present]
+    rules = [
+        (inputs, ["previous token"], ["q", "k", "v"]),
+        (inputs, ["duplicate token"], ["q", "k", "v"]),
+        (inputs, ["induction"], ["q"]),
+        (inputs, ["S-inhibition"], ["q"]),
+        (inputs, movers, ["k", "v"]),
+        (["previous token"], ["induction"], ["k", "v"]),
+        (["induction"], ["S-inhibition"], ["k", "v"]),
+        (["duplicate token"], ["S-inhibition"], ["k", "v"]),
+        (["S-inhibition"], movers, ["q"]),
+        (movers, ["logits"], None),
+        (["input"], ["logits"], None),
+    ]
+    nodes = {"input", "logits", *inputs}  # node names; the other selectors are classes
+    out = []
+    for src, dst, ch in rules:
+        src = [s for s in src if s in present or s in nodes]
+        dst = [d for d in dst if d in present or d in nodes]
+        if src and dst:
+            out.append({"src": src, "dst": dst, **({"channels": ch} if ch else {})})
+    return out
+
+
+def faithfulness_mean_ablation(model: Any, task: Any, circuit: Any) -> dict[str, float]:
+    """Logit difference with every head outside ``circuit`` mean-ablated, over the full model's.
+
+    Means are taken over the task's ABC prompts of the same template, position by position (the
+    prompts of one template align token by token); MLPs, embeddings and circuit heads keep
+    their values. Returns ``model``, ``circuit`` and ``faithfulness`` (their ratio).
+    """
+    keep = set(circuit.heads)
+    others = [h for h in all_heads(model.shape) if h not in keep]
+    model_ld, circ_ld = [], []
+    for t in sorted(set(task.meta["template"])):
+        sub = task.subset(torch.tensor((task.meta["template"] == t).to_numpy()))
+        if int(sub.lengths.min()) != int(sub.lengths.max()):
+            raise AnalysisError(
+                f"template {t}: prompts of different lengths",
+                fix="mean ablation per position needs aligned prompts (single-token names)",
+            )
+        ivs = [Ablate(Site(h), mode="mean", reference=sub.corrupted) for h in others]
+        full, _ = engine.run(model, sub)
+        ablated, _ = engine.run(model, sub, ivs)
+        model_ld.append(metrics.logit_diff(full, sub))
+        circ_ld.append(metrics.logit_diff(ablated, sub))
+    m, c = float(torch.cat(model_ld).mean()), float(torch.cat(circ_ld).mean())
+    return {"model": round(m, 4), "circuit": round(c, 4), "faithfulness": round(c / m, 4)}
