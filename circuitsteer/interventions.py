@@ -173,7 +173,7 @@ def _check_tensor(name: str, t: Any) -> torch.Tensor:
         raise InterventionError(
             f"{name} has non-finite entries (nan or inf)", fix="check how the vector was computed"
         )
-    return t.detach()
+    return t  # a vector that requires grad keeps its graph: engine.run(grad=True) differentiates it
 
 
 def _check_number(name: str, x: Any) -> float:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 
+from circuitsteer.engine.chunking import progress as show_progress
+from circuitsteer.engine.chunking import rows_per_forward, spans
 from circuitsteer.engine.hooks import HookSet
 from circuitsteer.engine.plan import Edit, capture_slot
 from circuitsteer.engine.plan import compile_plan as _compile
@@ -57,16 +60,33 @@ def compile_plan(
     row0: int = 0,
     n: int | None = None,
     task: Any = None,
+    window: slice | None = None,
 ) -> list[Edit]:
-    """Validate interventions against the model and compile them into (fused) edits."""
+    """Validate interventions against the model and compile them into (fused) edits.
+
+    ``window``: the rows of ``run_tokens`` (and of ``positions``) this forward runs, when a large
+    batch is split; aligned sources are cut to it, means stay over the whole reference."""
     prepare = partial(
-        _prepare, refs=refs, run_tokens=run_tokens, positions=positions, run_task=task
+        _prepare,
+        refs=refs,
+        run_tokens=run_tokens,
+        positions=positions,
+        run_task=task,
+        window=window,
     )
-    return _compile(model, interventions, positions, prepare, row0, n)
+    return _compile(model, interventions, _window(positions, window), prepare, row0, n)
 
 
-def _prepare(e: Edit, node: Any, *, refs, run_tokens, positions, run_task) -> None:
-    prepare_source(e, node, refs, run_tokens, positions, run_task)
+def _window(
+    positions: Mapping[str, torch.Tensor] | None, window: slice | None
+) -> Mapping[str, torch.Tensor] | None:
+    if window is None or positions is None:
+        return positions
+    return {k: v[window] for k, v in positions.items()}
+
+
+def _prepare(e: Edit, node: Any, *, refs, run_tokens, positions, run_task, window) -> None:
+    prepare_source(e, node, refs, run_tokens, positions, run_task, window)
 
 
 @contextmanager
@@ -111,18 +131,53 @@ def run(
     capture: Sequence[str] | None = None,
     positions: Mapping[str, torch.Tensor] | None = None,
     grad: bool = False,
+    max_batch: int | None = None,
+    max_bytes: int | None = None,
+    progress: bool | None = None,
 ) -> tuple[torch.Tensor, Cache]:
     """One forward with ``interventions``; returns ``(logits, captured)``.
 
-    ``tokens`` is a LongTensor or a Task (its clean tokens and named positions).
+    ``tokens`` is a LongTensor or a Task (its clean tokens and named positions). A batch larger
+    than ``max_batch`` rows or the memory budget ``max_bytes`` (see
+    :mod:`circuitsteer.engine.chunking`) runs in chunks, each with its part of the named
+    positions and patch/resample sources; results equal one forward. ``grad=True`` keeps the
+    autograd graph: the logits and every capture (the live activation of the forward, so
+    ``torch.autograd.grad(metric, cache[name])`` is the gradient there). ``progress``: None
+    shows a bar for long chunked work unless ``CIRCUITSTEER_QUIET`` is set; False never.
+
+    >>> import circuitsteer as cs
+    >>> m = cs.random_gpt2(); toks = torch.randint(0, 256, (3, 5))
+    >>> lg, cache = run(m, toks, capture=["a1.h0"], grad=True)
+    >>> g, = torch.autograd.grad(lg[:, -1, 7].sum(), cache["a1.h0"])
+    >>> tuple(g.shape)
+    (3, 5, 8)
     """
     toks, pos, task = _tokens_and_positions(tokens, positions)
-    with (
-        torch.set_grad_enabled(grad),
-        apply(model, interventions, pos, capture, task if task is not None else toks) as cache,
-    ):
-        logits = model(toks)
-    return logits, cache
+    B = toks.shape[0]
+    rows = rows_per_forward(model, toks.shape[1], max_batch, max_bytes, grad)
+    refs = References(model, rows_per_forward(model, toks.shape[1], max_batch, max_bytes))
+    captures = {name: capture_slot(name, model) for name in capture or ()}
+    chunks = spans(B, rows)
+    outs: list[torch.Tensor] = []
+    caps: dict[str, list[torch.Tensor]] = {n: [] for n in captures}
+    for a, b in show_progress(chunks, len(chunks), "run", progress):
+        window = None if (a, b) == (0, B) else slice(a, b)
+        edits = compile_plan(model, interventions, pos, refs, toks, task=task, window=window)
+        resolve_sources(edits)
+        bind_mean_positions(edits)
+        hooks = HookSet(model, edits, captures)
+        try:
+            with torch.set_grad_enabled(grad):
+                outs.append(model(toks[a:b]))
+        finally:
+            hooks.remove()
+        for n_, v in hooks.captured.items():
+            caps[n_].append(v)
+    return _cat(outs), Cache({n: _cat(v) for n, v in caps.items()})
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclass
@@ -140,6 +195,17 @@ class VariantResults:
         return self.logits[k], Cache({n: v[k] for n, v in self.captured.items()})
 
 
+def _reduce_arity(reduce: Callable[..., torch.Tensor] | None) -> int:
+    if reduce is None:
+        return 0
+    try:
+        params = inspect.signature(reduce).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return 2 if len(positional) >= 2 else 1
+
+
 def run_variants(
     model: Any,
     tokens: Any,
@@ -147,13 +213,29 @@ def run_variants(
     capture: Sequence[str] | None = None,
     positions: Mapping[str, torch.Tensor] | None = None,
     max_batch: int = 256,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reduce: Callable[..., torch.Tensor] | None = None,
+    grad: bool = False,
+    max_bytes: int | None = None,
+    progress: bool | None = None,
 ) -> VariantResults:
-    """Run K intervention sets on the same tokens, stacked along the batch in chunks of at most
-    ``max_batch`` rows; equal to K separate ``run`` calls.
+    """Run K intervention sets on the same tokens, stacked along the batch in forwards of at
+    most ``max_batch`` rows and the memory budget ``max_bytes``; equal to K separate ``run``
+    calls. When the prompts alone exceed a forward, they are split too (each variant then runs
+    in several forwards).
 
-    ``reduce`` maps each variant's logits ``[batch, pos, vocab]`` to something smaller (a metric)
-    before stacking, so K x vocab logits need never be held at once.
+    ``reduce`` maps each variant's logits to something smaller (a metric) before stacking, so
+    K x vocab logits need never be held at once. ``reduce(logits)`` gets a variant's logits
+    ``[batch, pos, vocab]`` for the whole batch; a two-argument ``reduce(logits, rows)`` gets
+    each forward's rows (``rows`` a slice of the batch) and must return per-example values
+    (first dimension the rows), concatenated over the batch: memory then stays bounded however
+    many prompts there are. ``grad=True`` keeps the autograd graph (logits and captures).
+
+    >>> import circuitsteer as cs
+    >>> m = cs.random_gpt2(); toks = torch.randint(0, 256, (4, 5))
+    >>> vs = [[cs.Scale(cs.Site("a0.h1"), k / 2)] for k in range(3)]
+    >>> res = run_variants(m, toks, vs, reduce=lambda lg, rows: lg[:, -1, 0], max_batch=2)
+    >>> tuple(res.logits.shape)
+    (3, 4)
     """
     toks, pos, task = _tokens_and_positions(tokens, positions)
     B = toks.shape[0]
@@ -161,27 +243,48 @@ def run_variants(
         raise InterventionError(
             "run_variants got no variants", fix="pass a list of intervention lists"
         )
-    per_chunk = max(1, max_batch // B)
-    refs = References(model)
+    rows = rows_per_forward(model, toks.shape[1], max_batch, max_bytes, grad)
+    refs = References(model, rows_per_forward(model, toks.shape[1], max_batch, max_bytes))
     captures = {name: capture_slot(name, model) for name in capture or ()}
+    arity = _reduce_arity(reduce)
+    prompt_chunks = spans(B, rows)
+    nb = prompt_chunks[0][1] - prompt_chunks[0][0]
+    per_chunk = max(1, rows // nb)
+    groups = [
+        range(s, min(s + per_chunk, len(variants))) for s in range(0, len(variants), per_chunk)
+    ]
+    steps = [(g, pc) for g in groups for pc in prompt_chunks]
     outs: list[torch.Tensor] = []
     caps: dict[str, list[torch.Tensor]] = {n: [] for n in captures}
-    for start in range(0, len(variants), per_chunk):
-        chunk = variants[start : start + per_chunk]
+    pending: dict[int, list[torch.Tensor]] = {}  # variant -> its logits (or reductions) so far
+    pending_caps: dict[int, dict[str, list[torch.Tensor]]] = {}
+    for group, (a, b) in show_progress(steps, len(steps), "run_variants", progress):
+        n = b - a
+        window = None if (a, b) == (0, B) else slice(a, b)
         edits: list[Edit] = []
-        for j, ivs in enumerate(chunk):
-            edits += compile_plan(model, ivs, pos, refs, toks, row0=j * B, n=B, task=task)
+        for j, k in enumerate(group):
+            edits += compile_plan(
+                model, variants[k], pos, refs, toks, row0=j * n, n=n, task=task, window=window
+            )
         resolve_sources(edits)
         bind_mean_positions(edits)
         hooks = HookSet(model, edits, captures)
         try:
-            with torch.no_grad():
-                logits = model(toks.repeat(len(chunk), 1))
+            with torch.set_grad_enabled(grad):
+                logits = model(toks[a:b].repeat(len(group), 1))
         finally:
             hooks.remove()
-        for j in range(len(chunk)):
-            part = logits[j * B : (j + 1) * B]
-            outs.append(reduce(part) if reduce is not None else part)
-        for n_, v in hooks.captured.items():
-            caps[n_] += list(v.split(B))
+        for j, k in enumerate(group):
+            part = logits[j * n : (j + 1) * n]
+            pending.setdefault(k, []).append(
+                reduce(part, slice(a, b)) if arity == 2 and reduce is not None else part
+            )
+            for n_, v in hooks.captured.items():
+                pending_caps.setdefault(k, {}).setdefault(n_, []).append(v[j * n : (j + 1) * n])
+        if b == B:  # the group's variants are complete
+            for k in group:
+                full = _cat(pending.pop(k))
+                outs.append(reduce(full) if arity == 1 and reduce is not None else full)
+                for n_, v in pending_caps.pop(k, {}).items():
+                    caps[n_].append(_cat(v))
     return VariantResults(torch.stack(outs), {n: torch.stack(v) for n, v in caps.items()})

@@ -165,6 +165,7 @@ class HookSet:
             return set()
         hc = {(e.slot.head or 0, e.slot.channel) for e in self.by_slot.get(("qkv_in", L), [])}
         hc |= {(r[2], r[3]) for r in self.receivers.get(("qkv", L), ())}
+        hc |= {(s.head or 0, s.channel) for _, s in self.captures.get(("qkv_in", L), ())}
         return {h for h, c in hc if c in ("k", "v")}
 
     def _install(self) -> None:
@@ -206,10 +207,31 @@ class HookSet:
             h.remove()
         self.handles.clear()
 
-    def _capture(self, kind: str, layer: int, act: torch.Tensor) -> None:
-        for name, slot in self.captures.get((kind, layer), ()):
+    def _capture(self, kind: str, layer: int, act: torch.Tensor) -> torch.Tensor:
+        """Store this slot's captures; returns the tensor the forward should go on with. Under
+        autograd a capture of some columns (a head's z, a neuron) must be on the forward's path,
+        so ``act`` is split at the captured columns and put back together from the pieces."""
+        caps = self.captures.get((kind, layer), ())
+        if torch.is_grad_enabled() and any(slot.cols is not None for _, slot in caps):
+            cuts = sorted(
+                {0, act.shape[-1]}
+                | {
+                    c
+                    for _, sl in caps
+                    if sl.cols is not None
+                    for c in (sl.cols.start, sl.cols.stop)
+                }
+            )
+            pieces = torch.split(act, [b - a for a, b in zip(cuts, cuts[1:], strict=False)], -1)
+            at = dict(zip(cuts, pieces, strict=False))
+            act = torch.cat(pieces, -1)
+            for name, slot in caps:
+                self.captured[name] = act if slot.cols is None else at[slot.cols.start]
+            return act
+        for name, slot in caps:
             val = act if slot.cols is None else act[..., slot.cols]
-            self.captured[name] = val.detach().clone()
+            self.captured[name] = _keep(val)
+        return act
 
     def _head_cols(self, h: int) -> slice:
         dh = self.model.shape.d_head
@@ -251,9 +273,11 @@ class HookSet:
         def hook(module, args, output):
             out, weights = output[0], output[1]
             for name, slot in self.captures.get(("pattern", L), ()):
-                p = weights[:, slot.head].detach().clone()
-                for (a, b), rows in self.state.patterns.get((L, slot.head or 0), ()):
-                    p[a:b] = rows.detach()
+                redone = self.state.patterns.get((L, slot.head or 0), ())
+                p = weights[:, slot.head]
+                p = p.clone() if redone else _keep(p)
+                for (a, b), rows in redone:
+                    p[a:b] = rows if torch.is_grad_enabled() else rows.detach()
                 self.captured[name] = p
             if not edits:
                 return None
@@ -298,12 +322,17 @@ class HookSet:
                 rows += [state.delta_rows[id(t)] for t in deltas]
                 g = groups[("edit", h, ch)] = _Group(xe, _spans(rows))
                 g.members.append((h, ch))
+            if torch.is_grad_enabled():  # a captured head input must be its own, on the path
+                for h, ch in caps:
+                    if not any((h, ch) in g.members for g in groups.values()):
+                        g = groups[("capture", h, ch)] = _Group(x.clone(), [(0, x.shape[0])])
+                        g.members.append((h, ch))  # type: ignore[arg-type]
             for g in groups.values():
                 for h, ch in g.members:
                     state.qkv_of[(L, h, ch)] = g
             for (h, ch), name in caps.items():
                 g = state.qkv_of.get((L, h, ch))  # type: ignore[arg-type]
-                self.captured[name] = (x if g is None else g.x).detach().clone()
+                self.captured[name] = _keep(x if g is None else g.x)
             state.qkv[L] = list(groups.values())
 
         return hook
@@ -409,13 +438,15 @@ class HookSet:
                 # fused multi-head edits see z as [batch, pos, head, d_head]
                 act = z.view(*z.shape[:-1], -1, dh) if e.slot.head is None else z[..., e.slot.cols]
                 _apply_edits(act, [e], self.state, self.model)
+            z_in = z
+            z = self._capture("z", L, z)
             if keep:
                 self.state.z[L] = z
-            self._capture("z", L, z)
             for name, slot in self.captures.get(("head_resid", L), ()):
                 cols = self._head_cols(slot.head or 0)
-                self.captured[name] = (z[..., cols] @ self.arch.out_rows(w_o, cols)).detach()
-            return (z,) if edits or heads else None
+                r = z[..., cols] @ self.arch.out_rows(w_o, cols)
+                self.captured[name] = r if torch.is_grad_enabled() else r.detach()
+            return (z,) if edits or heads or z is not z_in else None
 
         return hook
 
@@ -466,8 +497,9 @@ class HookSet:
                 for e in edits:
                     act = a if e.slot.cols is None else a[..., e.slot.cols]
                     _apply_edits(act, [e], self.state, self.model)
-            self._capture("neurons", L, a)
-            return (a,) if edits else None
+            a_in = a
+            a = self._capture("neurons", L, a)
+            return (a,) if edits or a is not a_in else None
 
         return hook
 
@@ -508,6 +540,13 @@ class HookSet:
             return (x,) if deltas else None
 
         return hook
+
+
+def _keep(val: torch.Tensor) -> torch.Tensor:
+    """A capture: under autograd the live tensor of the forward itself (so
+    ``torch.autograd.grad(metric, cache[name])`` is the gradient at that activation); otherwise a
+    detached copy."""
+    return val if torch.is_grad_enabled() else val.detach().clone()
 
 
 def _arange(cols: slice) -> torch.Tensor:

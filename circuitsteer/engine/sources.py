@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from circuitsteer.engine.chunking import rows_per_forward, spans
 from circuitsteer.engine.hooks import HookSet
 from circuitsteer.engine.plan import Edit, capture_slot, source_point
 from circuitsteer.engine.positions import Selector, resolve
@@ -26,10 +27,13 @@ class Cache(dict):
 
 
 class References:
-    """Runs each reference batch once, capturing every slot the plan needs from it."""
+    """Runs each reference batch once, capturing every slot the plan needs from it (in forwards
+    of at most ``rows`` rows, so a large reference batch stays within the memory budget; means
+    are still taken over the whole batch)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, rows: int | None = None) -> None:
         self.model = model
+        self.rows = rows
         self.wanted: dict[int, tuple[torch.Tensor, set[str]]] = {}
         self.done: dict[int, Cache] = {}
 
@@ -42,13 +46,19 @@ class References:
         if name not in done:  # one pass for everything wanted from this batch so far
             toks, names = self.wanted[key]
             captures = {n: capture_slot(n, self.model) for n in names if n not in done}
+            n = toks.shape[0]
+            step = self.rows or rows_per_forward(self.model, toks.shape[1])
+            parts: dict[str, list[torch.Tensor]] = {k: [] for k in captures}
             hs = HookSet(self.model, [], captures)
             try:
                 with torch.no_grad():
-                    self.model(toks)
+                    for a, b in spans(n, step):
+                        self.model(toks[a:b])
+                        for k, v in hs.captured.items():
+                            parts[k].append(v)
             finally:
                 hs.remove()
-            done.update(hs.captured)
+            done.update({k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()})
         return done[name]
 
 
@@ -89,9 +99,13 @@ def prepare_source(
     run_tokens: torch.Tensor | None,
     positions: Mapping[str, torch.Tensor] | None,
     run_task: Any = None,
+    window: slice | None = None,
 ) -> None:
     """Attach the values an op with a ``source_kind`` reads to its edit (lazily: references run
-    once, after every edit of the call has said what it wants)."""
+    once, after every edit of the call has said what it wants).
+
+    ``window``: the rows of ``run_tokens`` this forward runs (a chunk of a larger batch);
+    aligned sources (patch, resample) are cut to it, means stay over the whole reference."""
     iv = e.iv
     name = capture_name(node, source_point(e.slot))
     if iv.source_kind == "patch":
@@ -108,7 +122,9 @@ def prepare_source(
                 f"Patch at {iv.site}: source must be a Cache or a [batch, pos, width] tensor",
                 fix="pass the Cache returned by engine.run",
             )
-        _check_ref_shape(iv, src, run_tokens, e.sel)
+        _check_ref_shape(iv, src, run_tokens, e.sel, window)
+        if window is not None:
+            src = src[window]
         e.source, e.source_mode = src.to(torch.device(refs.model.device)), "aligned"
         return
     ref_tokens, ref_positions, mask = _reference_tokens(iv, run_task)
@@ -119,8 +135,8 @@ def prepare_source(
         )
     refs.want(ref_tokens, name)
     if iv.source_kind == "resample":
-        _check_ref_shape(iv, ref_tokens, run_tokens, e.sel)
-        e.source, e.source_mode = Lazy(refs, ref_tokens, name), "aligned"
+        _check_ref_shape(iv, ref_tokens, run_tokens, e.sel, window)
+        e.source, e.source_mode = Lazy(refs, ref_tokens, name, rows=window), "aligned"
         return
     if iv.source_kind != "mean":
         raise InterventionError(
@@ -158,8 +174,9 @@ class Lazy:
         mean_sel: Selector | None = None,
         mean_over_batch: bool = False,
         mask: torch.Tensor | None = None,
+        rows: slice | None = None,
     ) -> None:
-        self.refs, self.tokens, self.name = refs, tokens, name
+        self.refs, self.tokens, self.name, self.rows = refs, tokens, name, rows
         self.mean_sel, self.mean_over_batch, self.mask = mean_sel, mean_over_batch, mask
         self.value: torch.Tensor | None = None
 
@@ -170,6 +187,8 @@ class Lazy:
                 act = self.mean_sel.get(act).mean(0)  # [k, width]: mean at each named position
             elif self.mean_over_batch:
                 act = masked_mean(act, self.mask)  # [pos, width]
+            elif self.rows is not None:
+                act = act[self.rows]
             self.value = act
         return self.value
 
@@ -192,9 +211,15 @@ def masked_mean(act: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def _check_ref_shape(
-    iv: Op, ref: torch.Tensor, run_tokens: torch.Tensor | None, sel: Selector
+    iv: Op,
+    ref: torch.Tensor,
+    run_tokens: torch.Tensor | None,
+    sel: Selector,
+    window: slice | None = None,
 ) -> None:
     n = sel.n if sel.n is not None else (run_tokens.shape[0] if run_tokens is not None else None)
+    if window is not None and run_tokens is not None:
+        n = run_tokens.shape[0]
     if run_tokens is not None and (ref.shape[0] != n or ref.shape[1] != run_tokens.shape[1]):
         raise InterventionError(
             f"{type(iv).__name__} at {iv.site}: reference/source has shape {tuple(ref.shape[:2])} but the "
