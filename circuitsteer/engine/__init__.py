@@ -14,4 +14,8 @@ from circuitsteer.engine.api import VariantResults as VariantResults
 from circuitsteer.engine.api import apply as apply
 from circuitsteer.engine.api import run as run
 from circuitsteer.engine.api import run_variants as run_variants
+from circuitsteer.engine.masks import EdgeMask as EdgeMask
+from circuitsteer.engine.masks import SenderOutputs as SenderOutputs
+from circuitsteer.engine.masks import run_with_mask as run_with_mask
+from circuitsteer.engine.masks import sender_outputs as sender_outputs
 from circuitsteer.engine.sources import Cache as Cache

@@ -237,7 +237,7 @@ def test_run_variants_grad(model, data):
     v = vec(s.d_head, 2).requires_grad_(True)
     variants = [[cs.Add(cs.Site("a1.h2"), v, coef=c)] for c in (1.0, -2.0, 0.5)]
     res = run_variants(model, data.tokens, variants, grad=True, max_batch=2 * B, capture=["m2"])
-    (g,) = torch.autograd.grad(sum(metric(lg) for lg in res.logits), [v])
+    (g,) = torch.autograd.grad(torch.stack([metric(lg) for lg in res.logits]).sum(), [v])
     want = sum(
         torch.autograd.grad(metric(run(model, data.tokens, iv, grad=True)[0]), [v])[0]
         for iv in variants

@@ -103,6 +103,11 @@ class Adapter:
         b = module.bias
         return F.linear(x, module.weight[cols], None if b is None else b[cols])
 
+    def in_cols(self, module: Any, cols: torch.Tensor) -> torch.Tensor:
+        """Weights of ``module``'s output columns ``cols`` as ``[d_in, len(cols)]`` (no bias):
+        ``project(module, cols, x) == x @ in_cols(module, cols) + bias[cols]``."""
+        return module.weight[cols].T
+
     def out_rows(self, module: Any, rows: slice) -> torch.Tensor:
         """Output-projection weights of input features ``rows`` as ``[k, d_out]`` (a head's W_O
         from ``attn_out`` with ``rows`` its z columns; neurons' output weights from ``mlp_down``)."""

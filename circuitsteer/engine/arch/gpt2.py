@@ -49,6 +49,9 @@ class GPT2Adapter(Adapter):
         out = torch.addmm(module.bias[cols], x.reshape(-1, x.shape[-1]), module.weight[:, cols])
         return out.view(*x.shape[:-1], -1)
 
+    def in_cols(self, module: Any, cols: torch.Tensor) -> torch.Tensor:
+        return module.weight[:, cols]
+
     def out_rows(self, module: Any, rows: slice) -> torch.Tensor:
         return module.weight[rows]
 

@@ -1,0 +1,402 @@
+"""Dense, differentiable edge masks over a model's whole edge graph (ACDC, EAP, EAP-IG).
+
+Every edge of :func:`circuitsteer.edge_graph.full_edges` (sender ``input``, a head's output or an
+MLP's output -> receiver a head's q, k or v input, an MLP's input or ``logits``; per
+architecture, so with a parallel residual a layer's heads do not feed its MLP) carries a value
+``m`` in the mask. In a masked forward each receiver reads
+
+    its own input in this forward + sum over senders s of m[s, r] * (patched_s - current_s)
+
+where ``current_s`` is sender ``s``'s output in this forward and ``patched_s`` its output on the
+reference (corrupted) tokens: ``m = 0`` leaves an edge clean, ``m = 1`` patches it, values in
+between interpolate, and the logits are differentiable in every ``m``. All zeros give the clean
+logits exactly, all ones the corrupted run, and a single edge at 1 equals an edge-restricted
+``Patch(Site(sender, to=(receiver,)), corrupted_cache)``.
+
+The forward is batched per receiver layer (auto-circuit's formulation): the sender deltas
+``[n_senders, batch*pos*d_model]`` are contracted with the layer's mask block
+``[n_senders, n_receivers]`` in one matrix product, the receivers' inputs are normalized as a
+stack and each head's q/k/v columns get ``(norm(x + D_r) - norm(x)) @ W_r`` added (exactly zero
+for a zero delta). Grouped-query attention is not supported yet (k/v columns are shared by the
+heads of a group).
+
+Example:
+    >>> import torch, circuitsteer as cs
+    >>> m = cs.random_gpt2(n_layers=2, n_heads=2, d_model=16)
+    >>> clean, corrupt = torch.randint(0, 256, (2, 2, 5))
+    >>> mask = EdgeMask(m)
+    >>> mask.n_edges == cs.edge_graph.count_full_edges(m.shape)
+    True
+    >>> mask["a0.h1", "a1.h0", "q"] = 1.0
+    >>> lg = run_with_mask(m, clean, mask, corrupt)
+    >>> tuple(lg.shape)
+    (2, 5, 257)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from circuitsteer import edge_graph as eg
+from circuitsteer.errors import InterventionError
+from circuitsteer.nodes import CHANNELS, head, mlp, parse_node
+
+EdgeKey = tuple[str, str, "str | None"]
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The receivers of one layer's heads (``a{L}``: q, k, v of each head, channel-major), one
+    MLP (``m{L}``) or the logits: the first ``senders`` senders (forward order) feed them."""
+
+    key: str
+    senders: int
+    receivers: int
+
+
+class EdgeMask:
+    """A value on every edge of a model's edge graph, stored per receiver group as
+    ``[n_senders_before, n_receivers]`` tensors (``tensors``; leaves an optimizer can train).
+
+    Index with an edge: ``mask["a0.h1", "a2.h3", "q"]``, ``mask["m0", "logits", None]``.
+
+    >>> import circuitsteer as cs
+    >>> m = cs.random_gpt2(n_layers=2, n_heads=2, d_model=16)
+    >>> mask = EdgeMask(m, value=1.0)
+    >>> float(mask["input", "m1", None]), mask.tensors["a1"].shape
+    (1.0, torch.Size([4, 6]))
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        value: float = 0.0,
+        requires_grad: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.shape = model.shape
+        s = self.shape
+        self.n_mlp = int(eg.has_mlps(s))
+        per_layer = s.n_heads + self.n_mlp
+        groups = []
+        for L in range(s.n_layers):
+            before = 1 + L * per_layer
+            groups.append(_Group(f"a{L}", before, len(CHANNELS) * s.n_heads))
+            if self.n_mlp:
+                own = 0 if s.parallel_residual else s.n_heads
+                groups.append(_Group(f"m{L}", before + own, 1))
+        groups.append(_Group("logits", 1 + s.n_layers * per_layer, 1))
+        self.groups = {g.key: g for g in groups}
+        kw = {"dtype": dtype or model.dtype, "device": model.device}
+        self.tensors: dict[str, torch.Tensor] = {
+            g.key: torch.full((g.senders, g.receivers), float(value), **kw).requires_grad_(
+                requires_grad
+            )
+            for g in groups
+        }
+
+    # -- indexing ---------------------------------------------------------------------------
+    @property
+    def senders(self) -> list[str]:
+        """Sender names in forward order (the rows of every group tensor start here)."""
+        s = self.shape
+        out = ["input"]
+        for L in range(s.n_layers):
+            out += [head(L, h) for h in range(s.n_heads)] + ([mlp(L)] if self.n_mlp else [])
+        return out
+
+    def sender_index(self, name: str) -> int:
+        n = parse_node(name)
+        per_layer = self.shape.n_heads + self.n_mlp
+        if n.kind == "input":
+            return 0
+        if n.kind == "head":
+            return 1 + (n.layer or 0) * per_layer + (n.head or 0)
+        if n.kind == "mlp" and self.n_mlp:
+            return 1 + (n.layer or 0) * per_layer + self.shape.n_heads
+        raise InterventionError(
+            f"{name} is not a sender of the edge graph", fix="senders are input, heads and MLPs"
+        )
+
+    def locate(self, edge: EdgeKey) -> tuple[str, int, int]:
+        """``(group key, sender row, receiver column)`` of an edge."""
+        src, dst, ch = edge
+        d = parse_node(dst)
+        if d.kind == "head":
+            if ch not in CHANNELS:
+                raise InterventionError(
+                    f"edge {src} -> {dst} needs a channel", fix="pass 'q', 'k' or 'v'"
+                )
+            key, col = f"a{d.layer}", CHANNELS.index(ch) * self.shape.n_heads + (d.head or 0)
+        elif d.kind in ("mlp", "logits") and ch is None:
+            key, col = (f"m{d.layer}" if d.kind == "mlp" else "logits"), 0
+        else:
+            raise InterventionError(
+                f"{dst}<{ch}> is not a receiver of the edge graph",
+                fix="receivers are heads' q/k/v inputs, MLPs and logits",
+            )
+        g = self.groups.get(key)
+        row = self.sender_index(src)
+        if g is None or row >= g.senders:
+            raise InterventionError(
+                f"no edge {src} -> {dst} in this model's edge graph",
+                fix="the sender must come before the receiver (parallel residual: a layer's heads "
+                "do not feed its MLP)",
+            )
+        return key, row, col
+
+    def __getitem__(self, edge: EdgeKey) -> torch.Tensor:
+        key, row, col = self.locate(edge)
+        return self.tensors[key][row, col]
+
+    def __setitem__(self, edge: EdgeKey, value: float) -> None:
+        key, row, col = self.locate(edge)
+        with torch.no_grad():
+            self.tensors[key][row, col] = value
+
+    @property
+    def n_edges(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.tensors.values())
+
+    def fill_(self, value: float) -> EdgeMask:
+        with torch.no_grad():
+            for t in self.tensors.values():
+                t.fill_(value)
+        return self
+
+    def edges(self) -> Iterator[tuple[EdgeKey, float]]:
+        """Every edge and its value, in :func:`~circuitsteer.edge_graph.full_edges` order."""
+        flat = {k: t.detach().cpu() for k, t in self.tensors.items()}
+        for e in eg.full_edges(self.shape):
+            key, row, col = self.locate(e)
+            yield e, float(flat[key][row, col])
+
+    # -- circuits ---------------------------------------------------------------------------
+    @classmethod
+    def from_circuit(
+        cls, model: Any, circuit: Any, inside: float = 0.0, outside: float = 1.0
+    ) -> EdgeMask:
+        """The mask that runs ``circuit``: its edges ``inside`` (0: clean), every other edge
+        ``outside`` (1: patched). Edge positions are ignored (the mask acts at all positions)."""
+        mask = cls(model, value=outside)
+        for src, dst, ch in circuit.edge_keys():
+            mask[src, dst, ch] = inside
+        return mask
+
+    def to_circuit(self, threshold: float = 0.5, name: str = "from-mask", model: Any = None) -> Any:
+        """The circuit of the edges whose value is below ``threshold`` (the edges left clean),
+        with their end nodes."""
+        from circuitsteer.graph import Circuit
+
+        c = Circuit(name, model=model, shape=self.shape)
+        for (src, dst, ch), v in self.edges():
+            if v < threshold:
+                for n in (src, dst):
+                    if n not in c:
+                        c.add_node(n)
+                c.add_edge(src, dst, channel=ch)
+        return c
+
+
+def _check_model(model: Any) -> None:
+    if model.shape.grouped_kv:
+        raise InterventionError(
+            f"edge masks do not support grouped-query attention yet ({model.shape.describe()})",
+            fix="use edge-restricted Patch sites (engine.run with Site(..., to=...)) on this model",
+        )
+
+
+class _Hooks:
+    """Hooks for one masked forward (``mask`` given) or one recording of sender outputs."""
+
+    def __init__(self, model: Any, mask: EdgeMask | None, ref: list[torch.Tensor] | None) -> None:
+        self.model, self.arch, self.mask, self.ref = model, model.arch, mask, ref
+        self.blocks: list[torch.Tensor] = []  # sender outputs (record) or deltas, [n, B*P*d]
+        self.handles: list[Any] = []
+        self.diff: dict[int, torch.Tensor] = {}
+        s = model.shape
+        try:
+            self._pre("block", 0, self._input)
+            for L in range(s.n_layers):
+                self._pre("attn_out", L, self._heads(L))
+                if eg.has_mlps(s):
+                    self._post("mlp", L, self._mlp(L))
+                if mask is not None:
+                    self._pre("ln1", L, self._ln1(L))
+                    for role, chs in self.arch.qkv_modules().items():
+                        self._post(role, L, self._qkv(L, chs))
+                    if eg.has_mlps(s):
+                        self._pre("ln2", L, self._ln2(L))
+            if mask is not None:
+                self._pre("final_norm", None, self._final)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _pre(self, role: str, layer: int | None, fn: Any) -> None:
+        mod = self.model.module(self.arch.path(role, layer))
+        self.handles.append(mod.register_forward_pre_hook(fn, with_kwargs=role == "block"))
+
+    def _post(self, role: str, layer: int, fn: Any) -> None:
+        self.handles.append(
+            self.model.module(self.arch.path(role, layer)).register_forward_hook(fn)
+        )
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    # -- senders ----------------------------------------------------------------------------
+    def _sender(self, out: torch.Tensor) -> None:
+        """``out`` ``[n, B*P*d]``: record it, or turn it into a delta against the reference."""
+        i = len(self.blocks)
+        self.blocks.append(out if self.ref is None else self.ref[i] - out)
+
+    def _input(self, module, args, kwargs):
+        self.blocks, self.diff = [], {}
+        x = args[0] if args else kwargs["hidden_states"]
+        self._sender(x.reshape(1, -1))
+
+    def _heads(self, L: int):
+        s = self.model.shape
+        w_o = self.arch.out_rows(
+            self.model.module(self.arch.path("attn_out", L)), slice(0, s.n_heads * s.d_head)
+        ).reshape(s.n_heads, s.d_head, -1)
+
+        def hook(module, args):
+            z = args[0]
+            B, P = z.shape[:2]
+            zh = z.reshape(B * P, s.n_heads, s.d_head).transpose(0, 1)  # [H, BP, dh]
+            self._sender(torch.bmm(zh, w_o).reshape(s.n_heads, -1))
+
+        return hook
+
+    def _mlp(self, L: int):
+        def hook(module, args, out):
+            self._sender(out.reshape(1, -1))
+
+        return hook
+
+    # -- receivers --------------------------------------------------------------------------
+    def _delta(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """``[R, *like.shape]``: each receiver's mask-weighted sum of sender deltas."""
+        assert self.mask is not None
+        m = self.mask.tensors[key]
+        deltas = torch.cat(self.blocks)[: m.shape[0]]
+        return (m.T.to(deltas.dtype) @ deltas).view(m.shape[1], *like.shape)
+
+    def _ln1(self, L: int):
+        ln = self.model.module(self.arch.path("ln1", L))
+
+        def hook(module, args):
+            x = args[0]
+            D = self._delta(f"a{L}", x)
+            xs = x.unsqueeze(0).expand_as(D)
+            # the change of each receiver's normalized input: exactly 0 where D is 0
+            self.diff[L] = (ln.forward(xs + D) - ln.forward(xs)).flatten(1, -2)
+
+        return hook
+
+    def _qkv(self, L: int, channels: tuple[str, ...]):
+        s = self.model.shape
+        H, dh = s.n_heads, s.d_head
+        r0 = CHANNELS.index(channels[0]) * H
+        R = len(channels) * H
+        cols = torch.cat(
+            [
+                torch.arange(c.start, c.stop)
+                for ch in channels
+                for c in (self.arch.qkv_cols(ch, h) for h in range(H))
+            ]
+        )
+
+        def hook(module, args, out):
+            idx = cols.to(out.device)
+            W = self.arch.in_cols(module, idx).reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
+            contrib = torch.bmm(self.diff[L][r0 : r0 + R], W)  # [R, BP, dh]
+            contrib = contrib.transpose(0, 1).reshape(*out.shape[:-1], R * dh)
+            return out.index_add(-1, idx, contrib)
+
+        return hook
+
+    def _ln2(self, L: int):
+        def hook(module, args):
+            x = args[0]
+            return (x + self._delta(f"m{L}", x)[0],)
+
+        return hook
+
+    def _final(self, module, args):
+        x = args[0]
+        return (x + self._delta("logits", x)[0],)
+
+
+@dataclass
+class SenderOutputs:
+    """Every sender's output on some tokens (the patched values of a masked forward), as
+    ``[n, batch*pos*d_model]`` blocks in forward order; ``tokens`` their token batch."""
+
+    tokens: torch.Tensor
+    blocks: list[torch.Tensor]
+
+
+def sender_outputs(model: Any, tokens: torch.Tensor) -> SenderOutputs:
+    """Record every sender's output on ``tokens`` (one forward, no autograd); reuse it across
+    many masked forwards with the same reference."""
+    _check_model(model)
+    hooks = _Hooks(model, None, None)
+    try:
+        with torch.no_grad():
+            model(tokens)
+    finally:
+        hooks.remove()
+    return SenderOutputs(tokens, hooks.blocks)
+
+
+def run_with_mask(
+    model: Any,
+    tokens: torch.Tensor,
+    mask: EdgeMask,
+    reference: torch.Tensor | SenderOutputs,
+    grad: bool | None = None,
+) -> torch.Tensor:
+    """Logits of a forward on ``tokens`` where every edge reads ``mask``'s share of its sender's
+    patched output (``reference``: corrupted tokens of the same shape, or their
+    :func:`sender_outputs`). ``grad``: keep the graph (default: when a mask tensor requires
+    grad), so ``torch.autograd.grad(metric, mask.parameters())`` gives every edge's gradient.
+
+    >>> import circuitsteer as cs
+    >>> m = cs.random_gpt2(n_layers=1, n_heads=2, d_model=16)
+    >>> a, b = torch.randint(0, 256, (2, 1, 4))
+    >>> torch.equal(run_with_mask(m, a, EdgeMask(m), b), m(a))
+    True
+    """
+    _check_model(model)
+    if mask.shape != model.shape:
+        raise InterventionError(
+            f"the mask is for {mask.shape.describe()}, the model is {model.shape.describe()}",
+            fix="build the mask with EdgeMask(model)",
+        )
+    ref = reference if isinstance(reference, SenderOutputs) else sender_outputs(model, reference)
+    if ref.tokens.shape != tokens.shape:
+        raise InterventionError(
+            f"reference tokens are {tuple(ref.tokens.shape)} but the tokens are "
+            f"{tuple(tokens.shape)}",
+            fix="patched sender outputs are matched example by example: pass tokens of one shape",
+        )
+    if grad is None:
+        grad = any(t.requires_grad for t in mask.tensors.values())
+    hooks = _Hooks(model, mask, [b.to(model.device) for b in ref.blocks])
+    try:
+        with torch.set_grad_enabled(grad):
+            return model(tokens)
+    finally:
+        hooks.remove()
