@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
+from circuitsteer.engine.branch import branched
 from circuitsteer.engine.chunking import progress as show_progress
 from circuitsteer.engine.chunking import rows_per_forward, spans
 from circuitsteer.engine.hooks import HookSet
-from circuitsteer.engine.plan import Edit, capture_slot
+from circuitsteer.engine.plan import Edit, Slot, capture_slot
 from circuitsteer.engine.plan import compile_plan as _compile
 from circuitsteer.engine.sources import (
     Cache,
@@ -195,6 +196,18 @@ class VariantResults:
         return self.logits[k], Cache({n: v[k] for n, v in self.captured.items()})
 
 
+def _first_layer(model: Any, edits: list[Edit], captures: dict[str, Slot]) -> int:
+    """The first block whose input any edit or capture touches (0: nothing to branch below)."""
+    n = model.shape.n_layers
+    layers = [e.slot.layer if e.slot.layer >= 0 else n for e in edits]
+    layers += [r[1] if r[1] >= 0 else n for e in edits for r in e.receivers]
+    layers += [s.layer if s.layer >= 0 else n for s in captures.values()]
+    first = min(layers, default=n)
+    if first >= n:  # only logits: branch at the last block
+        first = n - 1
+    return max(0, first)
+
+
 def _reduce_arity(reduce: Callable[..., torch.Tensor] | None) -> int:
     if reduce is None:
         return 0
@@ -217,6 +230,7 @@ def run_variants(
     grad: bool = False,
     max_bytes: int | None = None,
     progress: bool | None = None,
+    branch: bool = True,
 ) -> VariantResults:
     """Run K intervention sets on the same tokens, stacked along the batch in forwards of at
     most ``max_batch`` rows and the memory budget ``max_bytes``; equal to K separate ``run``
@@ -229,6 +243,8 @@ def run_variants(
     each forward's rows (``rows`` a slice of the batch) and must return per-example values
     (first dimension the rows), concatenated over the batch: memory then stays bounded however
     many prompts there are. ``grad=True`` keeps the autograd graph (logits and captures).
+    ``branch``: compute the blocks below a chunk's first intervened (or captured) layer once
+    for the prompts and branch there (:mod:`circuitsteer.engine.branch`); results are equal.
 
     >>> import circuitsteer as cs
     >>> m = cs.random_gpt2(); toks = torch.randint(0, 256, (4, 5))
@@ -268,12 +284,13 @@ def run_variants(
             )
         resolve_sources(edits)
         bind_mean_positions(edits)
-        hooks = HookSet(model, edits, captures)
-        try:
-            with torch.set_grad_enabled(grad):
+        start = _first_layer(model, edits, captures) if branch else 0
+        with torch.set_grad_enabled(grad), branched(model, toks[a:b], start, len(group)):
+            hooks = HookSet(model, edits, captures)
+            try:
                 logits = model(toks[a:b].repeat(len(group), 1))
-        finally:
-            hooks.remove()
+            finally:
+                hooks.remove()
         for j, k in enumerate(group):
             part = logits[j * n : (j + 1) * n]
             pending.setdefault(k, []).append(

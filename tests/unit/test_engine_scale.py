@@ -246,3 +246,30 @@ def test_run_variants_grad(model, data):
     assert res.captured["m2"].requires_grad
     plain = run_variants(model, data.tokens, variants)
     assert not plain.logits.requires_grad and not plain.captured
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox", "llama"])
+def test_run_variants_branches_below_the_first_edit(family, data):
+    """The blocks below the first edited layer run once for the prompts, not once per variant;
+    results are bit-identical to separate runs (and to the unbranched stacked run)."""
+    m = cs.models.random_model(family, n_layers=3, n_heads=4, d_model=32, seed=2)
+    variants = [
+        [cs.Ablate(cs.Site(f"a{L}.h{h}"), mode="resample", reference=data.corrupted)]
+        for L in (1, 2)
+        for h in range(4)
+    ]
+    rows = []
+    h = m.module(m.arch.path("block", 0)).register_forward_pre_hook(
+        lambda mod, args, kw: rows.append((args[0] if args else kw["hidden_states"]).shape[0]),
+        with_kwargs=True,
+    )
+    try:
+        res = run_variants(m, data.tokens, variants, capture=["a1.h0"])
+    finally:
+        h.remove()
+    assert rows == [B, B]  # the reference run and the one shared prefix
+    plain = run_variants(m, data.tokens, variants, capture=["a1.h0"], branch=False)
+    assert torch.equal(res.logits, plain.logits)
+    assert torch.equal(res.captured["a1.h0"], plain.captured["a1.h0"])
+    for k, ivs in enumerate(variants):
+        assert torch.equal(res.logits[k], run(m, data.tokens, ivs)[0]), k

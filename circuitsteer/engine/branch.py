@@ -1,0 +1,102 @@
+"""Branching: run the layers below a stacked forward's first intervened layer once.
+
+Every variant of a ``run_variants`` chunk reads the same clean prompts, so the blocks below the
+chunk's earliest edit or capture compute the same rows K times. :func:`branched` runs them once
+for the prompts, takes the residual stream entering block ``L`` and feeds it, repeated K times,
+into block ``L`` of the stacked forward while blocks ``0..L-1`` pass their input through. The
+rows are computed by the same kernels on the same values, so results equal the unbranched run.
+
+Example:
+    >>> import torch, circuitsteer as cs
+    >>> m = cs.random_gpt2(n_layers=3)
+    >>> toks = torch.randint(0, 256, (2, 5))
+    >>> with torch.no_grad(), branched(m, toks, layer=2, copies=3):
+    ...     lg = m(toks.repeat(3, 1))
+    >>> torch.allclose(lg[:2], m(toks))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+
+class _Stop(Exception):
+    pass
+
+
+class _PassThrough(torch.nn.Module):
+    def __init__(self, as_tuple: bool) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return (hidden_states,) if self.as_tuple else hidden_states
+
+
+def _input(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def resid_pre(model: Any, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, bool]:
+    """The residual stream entering block ``layer`` on ``tokens`` (the blocks above are not
+    run), and whether blocks return tuples."""
+    got: dict[str, Any] = {}
+
+    def stop(module, args, kwargs):
+        got["x"] = _input(args, kwargs)
+        raise _Stop
+
+    def kind(module, args, out):
+        got["tuple"] = isinstance(out, tuple)
+
+    arch = model.arch
+    handles = [
+        model.module(arch.path("block", layer)).register_forward_pre_hook(stop, with_kwargs=True),
+        model.module(arch.path("block", layer - 1)).register_forward_hook(kind),
+    ]
+    try:
+        model(tokens)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return got["x"], bool(got.get("tuple", False))
+
+
+@contextmanager
+def branched(model: Any, tokens: torch.Tensor, layer: int, copies: int) -> Iterator[None]:
+    """Inside the block, a forward of ``tokens.repeat(copies, 1)`` skips blocks ``0..layer-1``
+    and starts block ``layer`` from their output on ``tokens`` (computed once, here)."""
+    if layer <= 0 or copies <= 1:
+        yield
+        return
+    x, as_tuple = resid_pre(model, tokens, layer)
+    stacked = x.repeat(copies, *([1] * (x.dim() - 1)))
+    arch = model.arch
+    first = arch.path("block", 0)
+    parent_path, _, _ = first.rpartition(".")
+    blocks = model.module(parent_path)
+    saved = [blocks[i] for i in range(layer)]
+
+    def feed(module, args, kwargs):
+        if args:
+            return (stacked, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": stacked}
+
+    handle = model.module(arch.path("block", layer)).register_forward_pre_hook(
+        feed, with_kwargs=True, prepend=True
+    )
+    try:
+        for i in range(layer):
+            blocks[i] = _PassThrough(as_tuple)
+        yield
+    finally:
+        for i, b in enumerate(saved):
+            blocks[i] = b
+        handle.remove()
