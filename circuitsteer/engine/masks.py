@@ -221,6 +221,8 @@ class _Hooks:
         self.blocks: list[torch.Tensor] = []  # sender outputs (record) or deltas, [n, B*P*d]
         self.handles: list[Any] = []
         self.diff: dict[int, torch.Tensor] = {}
+        self.buf: torch.Tensor | None = None
+        self.filled = 0
         s = model.shape
         try:
             self._pre("block", 0, self._input)
@@ -256,13 +258,31 @@ class _Hooks:
 
     # -- senders ----------------------------------------------------------------------------
     def _sender(self, out: torch.Tensor) -> None:
-        """``out`` ``[n, B*P*d]``: record it, or turn it into a delta against the reference."""
+        """``out`` ``[n, B*P*d]``: record it, or turn it into a delta against the reference
+        (without autograd written into one preallocated buffer, so no receiver concatenates)."""
         i = len(self.blocks)
-        self.blocks.append(out if self.ref is None else self.ref[i] - out)
+        if self.ref is None:
+            self.blocks.append(out)
+            return
+        if self.buf is not None:
+            a = self.filled
+            torch.sub(self.ref[i], out, out=self.buf[a : a + out.shape[0]])
+            self.filled = a + out.shape[0]
+            self.blocks.append(self.buf[a : self.filled])
+        else:
+            self.blocks.append(self.ref[i] - out)
+
+    def _deltas(self, n: int) -> torch.Tensor:
+        if self.buf is not None:
+            return self.buf[:n]
+        return torch.cat(self.blocks)[:n]
 
     def _input(self, module, args, kwargs):
-        self.blocks, self.diff = [], {}
+        self.blocks, self.diff, self.buf, self.filled = [], {}, None, 0
         x = args[0] if args else kwargs["hidden_states"]
+        if self.ref is not None and not torch.is_grad_enabled():
+            n = sum(r.shape[0] for r in self.ref)
+            self.buf = torch.empty(n, x.numel(), dtype=x.dtype, device=x.device)
         self._sender(x.reshape(1, -1))
 
     def _heads(self, L: int):
@@ -290,7 +310,7 @@ class _Hooks:
         """``[R, *like.shape]``: each receiver's mask-weighted sum of sender deltas."""
         assert self.mask is not None
         m = self.mask.tensors[key]
-        deltas = torch.cat(self.blocks)[: m.shape[0]]
+        deltas = self._deltas(m.shape[0])
         return (m.T.to(deltas.dtype) @ deltas).view(m.shape[1], *like.shape)
 
     def _ln1(self, L: int):
@@ -299,9 +319,10 @@ class _Hooks:
         def hook(module, args):
             x = args[0]
             D = self._delta(f"a{L}", x)
-            xs = x.unsqueeze(0).expand_as(D)
             # the change of each receiver's normalized input: exactly 0 where D is 0
-            self.diff[L] = (ln.forward(xs + D) - ln.forward(xs)).flatten(1, -2)
+            self.diff[L] = (ln.forward(x.unsqueeze(0) + D) - ln.forward(x).unsqueeze(0)).flatten(
+                1, -2
+            )
 
         return hook
 
