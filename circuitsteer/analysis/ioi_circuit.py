@@ -10,8 +10,11 @@ from the logits, one class of heads at a time, with attention patterns naming ea
 4. previous token: heads whose path to the induction heads' keys and values does.
 
 Each head's evidence (path-patching share, attention from its class position, head scores,
-direct logit attribution) goes into the node's ``meta`` and the circuit's metadata, and the
-circuit's edges follow the paper's wiring (:mod:`circuitsteer.wiring`). Finally its
+direct logit attribution) goes into the node's ``meta``; the circuit's head-to-head edges are
+the paths found, scored by their share, and the embeddings and MLPs (which stay in the model)
+feed every circuit head. The search follows the model's compositions wherever they are: a
+model whose movers read the repetition through their keys (not their queries, as GPT-2's name
+movers do through S-inhibition) gets those key/value paths. Finally its
 faithfulness is measured: every head outside the circuit mean-ablated (per template and
 position over the ABC prompts; MLPs and the circuit's heads untouched), logit difference of
 that model over the full model's.
@@ -42,12 +45,13 @@ from circuitsteer.nodes import all_heads, parse_node
 CLASS_POSITIONS = {
     "name mover": "END",
     "negative name mover": "END",
+    "S suppression": "END",
     "S-inhibition": "END",
     "induction": "S2",
     "duplicate token": "S2",
     "previous token": "S1+1",
 }
-_MOVERS = ("name mover", "negative name mover")
+_MOVERS = ("name mover", "S suppression", "negative name mover")
 
 
 def _hits(df: pd.DataFrame, threshold: float, exclude: set[str]) -> list[str]:
@@ -59,6 +63,13 @@ def _hits(df: pd.DataFrame, threshold: float, exclude: set[str]) -> list[str]:
 
 def _receivers(heads: list[str], channels: str) -> list[str]:
     return [f"{h}<{c}>" for h in heads for c in channels]
+
+
+def _pattern_class(sc: pd.DataFrame, head: str) -> str:
+    """induction / duplicate token / previous token: the head's best score on repeated tokens."""
+    kinds = {"induction": "induction", "duplicate_token": "duplicate token",
+             "previous_token": "previous token"}  # fmt: skip
+    return kinds[max(kinds, key=lambda k: float(sc.loc[head, k]))]
 
 
 def find_ioi_circuit(
@@ -74,59 +85,75 @@ def find_ioi_circuit(
 
     ``task``: an IOI task with ABC-corrupted twins (default: ``tasks.ioi(model, n, seed,
     split="heldout")``). ``threshold``: the share of the clean - corrupted logit difference a
-    head's path must carry to join a class.
+    head's path must carry to join the circuit.
+
+    Classes: heads whose path to the logits helps are "name mover" when they attend from END
+    to IO more than to S1 and S2 together, else "S suppression" (they attend to S and write
+    against it, like copy suppression); heads whose path hurts are "negative name mover".
+    Heads feeding the movers' queries are "S-inhibition"; heads feeding the movers' or the
+    S-inhibition heads' keys/values, or the induction heads' keys/values, are named by their
+    best score on repeated random tokens (induction, duplicate token, previous token). The
+    circuit's head-to-head edges are exactly the paths found (with their share as the score).
     """
     from circuitsteer.graph import Circuit
     from circuitsteer.tasks import ioi
-    from circuitsteer.wiring import wire
 
     if task is None:
         task = ioi(model, n=n, seed=seed, split="heldout")
     heads = all_heads(model.shape)
     classes: dict[str, str] = {}
     evidence: dict[str, dict[str, float]] = {h: {} for h in heads}
+    paths: list[tuple[str, str, str, float]] = []  # sender, receiver head, channel, share
 
-    def grid(receivers: list[str], key: str) -> pd.DataFrame:
-        df = path_patching_grid(model, task, receivers, max_batch=max_batch)
+    def grid(receivers: list[str], channels: str, key: str) -> list[str]:
+        """Path-patch every upstream head to the receivers' channels; record; return hits."""
+        ups = [h for h in heads if _layer(h) < max(_layer(r) for r in receivers)]
+        if not ups:
+            return []
+        df = path_patching_grid(model, task, _receivers(receivers, channels),
+                                senders=ups, max_batch=max_batch)  # fmt: skip
         for r in df.itertuples():
             evidence[str(r.node)][key] = round(float(r.frac_of_gap), 4)
-        return df
+        hits = _hits(df, threshold, set(classes))
+        for h in hits:
+            share = evidence[h][key]
+            paths.extend(
+                (h, r, c, share) for r in receivers if _layer(r) > _layer(h) for c in channels
+            )
+        return hits
 
-    g1 = grid(["logits"], "pp_logits")
+    att = attention(model, task, from_pos="END", to=("IO", "S1", "S2"))
+    att2 = attention(model, task, from_pos="S2", to=("S1", "S1+1"))
+    end_att = att[att["order"] == "all"].pivot_table(index="node", columns="to", values="attention")
+    g1 = path_patching_grid(model, task, ["logits"], max_batch=max_batch)
     for r in g1.itertuples():
+        h = str(r.node)
+        evidence[h]["pp_logits"] = round(float(r.frac_of_gap), 4)
+        io, s_att = end_att.loc[h, "IO"], end_att.loc[h, "S1"] + end_att.loc[h, "S2"]
         if r.frac_of_gap >= threshold:
-            classes[str(r.node)] = "name mover"
+            classes[h] = "name mover" if io >= s_att else "S suppression"
         elif r.frac_of_gap <= -threshold:
-            classes[str(r.node)] = "negative name mover"
+            classes[h] = "negative name mover"
     movers = [h for h, c in classes.items() if c in _MOVERS]
     if not movers:
         raise AnalysisError(
             f"no head's path to the logits carries {threshold:.0%} of the logit difference",
             fix="lower threshold, or check that the model solves IOI (logit difference > 0)",
         )
-    sinh: list[str] = []
-    if min(_layer(h) for h in movers) > 0:
-        g2 = grid(_receivers(movers, "q"), "pp_mover_q")
-        sinh = _hits(g2, threshold, set(classes))
-        classes |= dict.fromkeys(sinh, "S-inhibition")
     scores = head_scores(model, n=100, seq_len=20, seed=seed)
     sc = scores.pivot_table(index="node", columns="kind", values="score")
-    upstream: list[str] = []
+    sinh = grid(movers, "q", "pp_mover_q")
+    classes |= dict.fromkeys(sinh, "S-inhibition")
+    for h in grid(movers, "kv", "pp_mover_kv"):
+        classes[h] = _pattern_class(sc, h)
     if sinh:
-        g3 = grid(_receivers(sinh, "kv"), "pp_sinh_kv")
-        upstream = _hits(g3, threshold, set(classes))
-        for h in upstream:
-            ind, dup = sc.loc[h, "induction"], sc.loc[h, "duplicate_token"]
-            classes[h] = "induction" if ind > dup else "duplicate token"
-    induction = [h for h, c in classes.items() if c == "induction"]
-    later = [h for h in induction if _layer(h) > 0]
-    if later:
-        g4 = grid(_receivers(later, "kv"), "pp_ind_kv")
-        prev = _hits(g4, threshold, set(classes))
-        classes |= dict.fromkeys(prev, "previous token")
+        for h in grid(sinh, "kv", "pp_sinh_kv"):
+            classes[h] = _pattern_class(sc, h)
+    induction = [h for h, c in classes.items() if c == "induction" and _layer(h) > 0]
+    if induction:
+        for h in grid(induction, "kv", "pp_ind_kv"):
+            classes[h] = _pattern_class(sc, h)
 
-    att = attention(model, task, from_pos="END", to=("IO", "S1", "S2"))
-    att2 = attention(model, task, from_pos="S2", to=("S1", "S1+1"))
     dla = direct_logit_attribution(model, task).set_index("node")
     for h in heads:
         ev = evidence[h]
@@ -145,20 +172,32 @@ def find_ioi_circuit(
         source="circuitsteer.analysis.find_ioi_circuit: path patching backwards from the logits "
         "(Wang et al. 2022), ABC corruption",
     )  # fmt: skip
-    circuit.add_node("input")
-    for layer in range(model.shape.n_layers):
-        circuit.add_node(f"m{layer}")
-    circuit.add_node("logits")
+    inputs = ["input", *(f"m{layer}" for layer in range(model.shape.n_layers))]
+    for node in [*inputs, "logits"]:
+        circuit.add_node(node)
     for h, c in sorted(classes.items(), key=lambda kv: _order(kv[0])):
         circuit.add_node(h, cls=c, positions=[CLASS_POSITIONS[c]], meta=evidence[h])
-    circuit = wire(circuit, _wiring(classes, model.shape.n_layers))
+    for src, dst, ch, share in paths:
+        if src in classes and dst in classes:
+            circuit.add_edge(src, dst, ch, score=share)
+    for h in classes:  # embeddings and MLPs stay in the model: they feed every circuit head
+        for src in inputs:
+            if src == "input" or _layer(src) < _layer(h):
+                for ch in ("q", "k", "v"):
+                    circuit.add_edge(src, h, ch)
+    for h in movers:
+        circuit.add_edge(h, "logits", score=evidence[h]["pp_logits"])
+    circuit.add_edge("input", "logits")
+    for m in inputs[1:]:
+        circuit.add_edge(m, "logits")
     rows = [{"node": h, "class": classes.get(h), **evidence[h]} for h in heads]
     table = pd.DataFrame(rows)
     circuit.metadata.update({
-        "wiring": _wiring(classes, model.shape.n_layers),
         "method": {"threshold": threshold, "n": len(task), "seed": seed,
                    "corruption": task.extra.get("corruption", "ABC"),
-                   "metric": "logit difference IO - S at END; frac = share of clean - corrupted"},
+                   "metric": "logit difference IO - S at END; shares of clean - corrupted",
+                   "stages": "heads -> logits; -> movers' q; -> movers' k/v; -> S-inhibition "
+                             "k/v; -> induction k/v"},
         "clean_logit_diff": round(float(g1["clean"].iloc[0]), 4),
         "corrupted_logit_diff": round(float(g1["corrupted"].iloc[0]), 4),
     })  # fmt: skip
@@ -172,33 +211,6 @@ def _layer(node: str) -> int:
 def _order(node: str) -> tuple[int, int]:
     n = parse_node(node)
     return int(n.layer or 0), int(n.head or 0)
-
-
-def _wiring(classes: dict[str, str], n_layers: int) -> list[dict[str, Any]]:
-    present = set(classes.values())
-    inputs = ["input", *(f"m{i}" for i in range(n_layers))]
-    movers = [c for c in _MOVERS if c in present]
-    rules = [
-        (inputs, ["previous token"], ["q", "k", "v"]),
-        (inputs, ["duplicate token"], ["q", "k", "v"]),
-        (inputs, ["induction"], ["q"]),
-        (inputs, ["S-inhibition"], ["q"]),
-        (inputs, movers, ["k", "v"]),
-        (["previous token"], ["induction"], ["k", "v"]),
-        (["induction"], ["S-inhibition"], ["k", "v"]),
-        (["duplicate token"], ["S-inhibition"], ["k", "v"]),
-        (["S-inhibition"], movers, ["q"]),
-        (movers, ["logits"], None),
-        (["input"], ["logits"], None),
-    ]
-    nodes = {"input", "logits", *inputs}  # node names; the other selectors are classes
-    out = []
-    for src, dst, ch in rules:
-        src = [s for s in src if s in present or s in nodes]
-        dst = [d for d in dst if d in present or d in nodes]
-        if src and dst:
-            out.append({"src": src, "dst": dst, **({"channels": ch} if ch else {})})
-    return out
 
 
 def faithfulness_mean_ablation(model: Any, task: Any, circuit: Any) -> dict[str, float]:

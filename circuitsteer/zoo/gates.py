@@ -94,6 +94,12 @@ def ioi_gates(
           a_fr[best] / max(a_std[best], 1e-9), "<=", 0.5, best)  # fmt: skip
 
     movers = circuit.classes.get("name mover", [])
+    if not movers:
+        others = [
+            h for c in ("S suppression", "negative name mover") for h in circuit.classes.get(c, [])
+        ]
+        _gate(rows, "heads", "name movers END -> IO attention", 0.0, ">=", 0.5,
+              f"no head of class 'name mover' (heads writing to the logits: {'+'.join(others)})")  # fmt: skip
     att = attention(model, std_t, from_pos="END", to=("IO", "S1"), heads=movers or None)
     for h in movers:
         sub = att[att["node"] == h].set_index(["order", "to"])["attention"]
@@ -105,6 +111,11 @@ def ioi_gates(
     share = float(dla.loc[movers, "frac_of_logit_diff"].sum()) if movers else 0.0
     _gate(rows, "heads", "name movers' direct effect / logit difference", share, ">=", 0.2,
           "+".join(movers) or "no name movers")  # fmt: skip
+    supp = circuit.classes.get("S suppression", [])
+    if supp:  # not a gate: how much the heads that attend to S and write against it carry
+        rows.append({"group": "info", "gate": "S suppression heads' direct effect / logit difference",
+                     "value": round(float(dla.loc[supp, "frac_of_logit_diff"].sum()), 4),
+                     "op": "", "bound": float("nan"), "passed": True, "detail": "+".join(supp)})  # fmt: skip
 
     sinh = circuit.classes.get("S-inhibition", [])
     if sinh and movers:

@@ -7,7 +7,6 @@ import torch
 
 import circuitsteer as cs
 from circuitsteer.analysis.ioi_circuit import (
-    _wiring,
     faithfulness_mean_ablation,
     find_ioi_circuit,
 )
@@ -101,18 +100,20 @@ def test_find_ioi_circuit_classes_follow_the_grids(model, task):
     # a random model has no IOI circuit; a very low threshold still exercises every stage
     circuit, ev = find_ioi_circuit(model, task, threshold=1e-4)
     assert len(ev) == model.shape.n_layers * model.shape.n_heads
-    movers = circuit.nodes_by_class("name mover") + circuit.nodes_by_class("negative name mover")
+    movers = [h for c in ("name mover", "S suppression", "negative name mover")
+              for h in circuit.nodes_by_class(c)]  # fmt: skip
     assert movers
     for h in movers:  # the class is the sign of the path-patching share to the logits
         share = ev.set_index("node").loc[h, "pp_logits"]
-        assert (share > 0) == (h in circuit.nodes_by_class("name mover"))
+        assert (share > 0) == (h not in circuit.nodes_by_class("negative name mover"))
         assert tuple(circuit.node(h)["positions"]) == ("END",)
     for h in circuit.nodes_by_class("S-inhibition"):
         assert ev.set_index("node").loc[h, "pp_mover_q"] >= 1e-4
-    # edges follow the wiring: S-inhibition -> movers only through queries
+    # head -> head edges are the paths found: S-inhibition -> movers through queries, scored
+    evi = ev.set_index("node")
     for e in circuit.edges:
         if e.src in circuit.nodes_by_class("S-inhibition") and e.dst in movers:
-            assert e.channel == "q"
+            assert e.channel == "q" and e.score == evi.loc[e.src, "pp_mover_q"]
     assert circuit.metadata["method"]["threshold"] == 1e-4
     # deterministic: same data, same circuit
     again, _ = find_ioi_circuit(model, task, threshold=1e-4)
@@ -122,10 +123,3 @@ def test_find_ioi_circuit_classes_follow_the_grids(model, task):
 def test_no_movers_is_a_clear_error(model, task):
     with pytest.raises(AnalysisError, match="threshold"):
         find_ioi_circuit(model, task, threshold=10.0)
-
-
-def test_wiring_skips_absent_classes():
-    rules = _wiring({"a1.h0": "name mover"}, n_layers=2)
-    for r in rules:
-        for sel in r["src"] + r["dst"]:
-            assert sel in ("name mover", "input", "m0", "m1", "logits")
