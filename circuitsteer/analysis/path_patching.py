@@ -28,9 +28,10 @@ import torch
 
 from circuitsteer import engine
 from circuitsteer.analysis._common import Metric, check_positive, resolve_metric
-from circuitsteer.errors import AnalysisError, NodeNameError
+from circuitsteer.errors import AnalysisError
 from circuitsteer.interventions import Patch, PositionSpec, Site
-from circuitsteer.nodes import CHANNELS, all_heads, parse_node, validate_node
+from circuitsteer.nodes import all_heads, parse_node, parse_receiver, validate_node
+from circuitsteer.nodes import depth as node_depth
 
 NodeSets = str | Sequence[str] | Sequence[Sequence[str]]
 
@@ -54,21 +55,10 @@ def _sets(x: NodeSets, what: str) -> list[tuple[str, ...]]:
 
 
 def _depth(model: Any, name: str, receiver: bool = False) -> float:
-    """Forward-order depth of a sender or receiver (``a3.h1<q>``, ``m2``, ``logits``)."""
-    base, _, ch = name.partition("<")
-    node = validate_node(parse_node(base), model.shape)
-    if receiver and (node.kind not in ("head", "mlp", "logits") or (ch and node.kind != "head")):
-        raise NodeNameError(
-            f"receiver {name!r} is not a head, MLP or logits",
-            fix="name receivers as 'a3.h1' (q, k and v), 'a3.h1<q>', 'm2' or 'logits'",
-        )
-    if ch and ch.rstrip(">") not in CHANNELS:
-        raise NodeNameError(f"unknown channel in {name!r}", fix="use <q>, <k> or <v>")
-    d = node.depth(model.shape.n_layers)
-    # a parallel residual (GPT-NeoX): MLP L reads the layer's input, beside the heads of L
-    if getattr(model.shape, "parallel_residual", False) and node.kind == "mlp":
-        d -= 1.0
-    return d
+    """Forward-order depth of a sender or receiver (``a3.h1<q>``, ``m2``, ``logits``) under the
+    model's residual rule (:func:`circuitsteer.nodes.depth`)."""
+    node = parse_receiver(name)[0] if receiver else parse_node(name)
+    return node_depth(validate_node(node, model.shape), model.shape)
 
 
 def _check_sender(model: Any, name: str) -> None:
