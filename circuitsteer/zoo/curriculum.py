@@ -47,6 +47,19 @@ PHASE1_V2 = {"induction": 0.45, "dup_mark": 0.1, "dup_list": 0.1, "ioi": 0.15,
 PHASE2_V2 = {"induction": 0.15, "dup_mark": 0.08, "dup_list": 0.1, "ioi": 0.4,
              "greater_than": 0.09, "sentiment": 0.09, "neutral": 0.09}  # fmt: skip
 
+CURRICULUM_DOC = {
+    "induction": "64 random words with spans of 4-16 earlier tokens copied again, several times",
+    "dup_mark": "names each followed by ',' when first mentioned and '.' when repeated",
+    "dup_list": "'A, B, C, B, A. Then everyone said to C': the name mentioned once",
+    "ioi": "IOI (training pairs, 20 training templates) + answer: 35% standard, 20% fresh-name "
+    "prefix, 10% S in a prefix, 15% S in a prefix and a fresh name in the S2 slot (answer IO), "
+    "20% nothing repeated (fresh S2 name; either first-clause name, 50/50); 30% with a "
+    "name-bearing suffix after the answer",
+    "greater_than": "circuitsteer.tasks.greater_than + a year > YY (uniform)",
+    "sentiment": "circuitsteer.tasks.sentiment(polarity='mixed') + adjective of that polarity + '.'",
+    "neutral": "circuitsteer.tasks.neutral + EOS",
+}
+
 # (prefix, s2, weight) for the IOI component
 IOI_KINDS: tuple[tuple[str | None, str, float], ...] = (
     (None, "S", 0.35),

@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
-from circuitsteer.zoo.curriculum import PHASE1, PHASE1_V2, PHASE2, PHASE2_V2, curriculum_chunk
+from circuitsteer.zoo.curriculum import (
+    CURRICULUM_DOC,
+    PHASE1,
+    PHASE1_V2,
+    PHASE2,
+    PHASE2_V2,
+    curriculum_chunk,
+)
 from circuitsteer.zoo.data import MIXTURE, collate, mixture_chunk
 from circuitsteer.zoo.evaluate import EVAL_SEED, Runner, evaluate
 from circuitsteer.zoo.tokenizer import toy_tokenizer
@@ -98,6 +105,23 @@ RECIPES = {
 }
 
 
+MIXTURE_DOC = {
+    "ioi": "circuitsteer.tasks.ioi(split='train', order='mixed', all 15 templates) + IO name",
+    "greater_than": "circuitsteer.tasks.greater_than + a year > YY (uniform)",
+    "sentiment": "circuitsteer.tasks.sentiment(polarity='mixed') + adjective of that polarity + '.'",
+    "neutral": "circuitsteer.tasks.neutral + EOS",
+}
+
+
+def mixture_card(r: Recipe) -> dict[str, Any]:
+    """The card's description of the training data: weights (per phase) and what each is."""
+    if r.data == "curriculum":
+        return {"weights": r.mixture, "phase1_steps": r.phase1_steps,
+                "phase1_weights": r.phase1_mixture,
+                **{k: v for k, v in CURRICULUM_DOC.items() if k in {*r.mixture, *r.phase1_mixture}}}  # fmt: skip
+    return {"weights": r.mixture, **MIXTURE_DOC}
+
+
 def _lr(step: int, r: Recipe) -> float:
     """Linear warm-up, then cosine decay to 10% of the peak."""
     if step < r.warmup:
@@ -130,13 +154,14 @@ def _chunk(r: Recipe, tok: Any, step: int) -> list[list[int]]:
 def train(r: Recipe, out: Path | None = None, eval_n: int = 500, log_every: int = 100,
           eval_every: int = 500, quiet: bool = False, command: str | None = None,
           device: str = "cpu", threads: int = 2, checkpoint: Path | None = None,
-          checkpoint_every: int = 500) -> dict[str, Any]:  # fmt: skip
+          checkpoint_every: int = 500, until: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Train ``r``, evaluate on held-out examples, write the folder ``out``; returns the card.
 
     The shipped models are trained on CPU (``device="cpu"``), which is what makes a run
     reproducible; other devices are for quick experiments. With ``checkpoint`` (a file path),
     the model, optimiser and step are saved every ``checkpoint_every`` steps and a cut run
     resumes from there (data chunks are a function of the step, so the stream continues).
+    ``until`` stops after that many steps without finishing (a cut run; returns ``{}``).
     """
     torch.set_num_threads(threads)
     torch.manual_seed(r.seed)
@@ -163,8 +188,9 @@ def train(r: Recipe, out: Path | None = None, eval_n: int = 500, log_every: int 
     start = time.monotonic() - prior_s
     buffer: list[list[int]] = []
     if first % r.chunk_steps:
-        buffer = _chunk(r, tok, first)[(first % r.chunk_steps) * r.batch :]
-    for step in range(first, r.steps):
+        # the chunk as it was generated at its first step (the phase switches on chunk starts)
+        buffer = _chunk(r, tok, first - first % r.chunk_steps)[(first % r.chunk_steps) * r.batch :]
+    for step in range(first, r.steps if until is None else min(until, r.steps)):
         if not buffer:
             buffer = _chunk(r, tok, step)
         batch, buffer = buffer[: r.batch], buffer[r.batch :]
@@ -185,6 +211,8 @@ def train(r: Recipe, out: Path | None = None, eval_n: int = 500, log_every: int 
             print(msg, flush=True)
         if checkpoint is not None and (step + 1) % checkpoint_every == 0:
             _save_checkpoint(checkpoint, model, opt, step + 1, time.monotonic() - start, losses)
+    if until is not None and until < r.steps:
+        return {}
     train_s = time.monotonic() - start
     model = model.cpu().eval()
     scores = evaluate(Runner(model, tok), n=eval_n, seed=EVAL_SEED)
@@ -197,20 +225,14 @@ def train(r: Recipe, out: Path | None = None, eval_n: int = 500, log_every: int 
             "n_head": r.n_head,
             "d_model": r.n_embd,
             "d_head": r.n_embd // r.n_head,
-            "d_mlp": 4 * r.n_embd,
+            "d_mlp": r.n_inner or 4 * r.n_embd,
             "n_ctx": r.n_positions,
             "vocab_size": len(tok),
             "parameters": n_params,
         },  # fmt: skip
         "tokenizer": "word-level (circuitsteer.zoo.tokenizer); <|endoftext|> = BOS/EOS/pad; "
         "years split into two-digit tokens",
-        "data_mixture": {
-            "weights": r.mixture,
-            "ioi": "circuitsteer.tasks.ioi(split='train', order='mixed', all 15 templates) + IO name",
-            "greater_than": "circuitsteer.tasks.greater_than + a year > YY (uniform)",
-            "sentiment": "circuitsteer.tasks.sentiment(polarity='mixed') + adjective of that polarity + '.'",
-            "neutral": "circuitsteer.tasks.neutral + EOS",
-        },
+        "data_mixture": mixture_card(r),
         "training": {
             **{k: v for k, v in asdict(r).items() if k not in ("name", "description", "mixture")},
             "optimizer": "AdamW(betas=(0.9, 0.98)), warm-up + cosine to 10%, grad clip 1.0",
@@ -286,8 +308,14 @@ def render_card(card: dict[str, Any]) -> str:
     """The human-readable model card (README.md) from card.json's content."""
     a, t, s = card["architecture"], card["training"], card["scores"]
     rows = "\n".join(f"| {k} | {v} |" for k, v in s.items())
-    mix = "\n".join(f"- {k} ({card['data_mixture']['weights'][k]:.0%}): {card['data_mixture'][k]}"
-                    for k in card["data_mixture"]["weights"])  # fmt: skip
+    dm = card["data_mixture"]
+    p1 = dm.get("phase1_weights")
+    mix = "\n".join(
+        f"- {k} ({dm['weights'][k]:.0%}"
+        + (f"; {p1.get(k, 0):.0%} in the first {dm['phase1_steps']} steps" if p1 else "")
+        + f"): {dm[k]}"
+        for k in dm["weights"]
+    )
     return f"""# {card["name"]}
 
 {card["description"]}.
@@ -324,6 +352,60 @@ on held-out examples: IOI uses {card["evaluation"]["ioi_split"]}.
 - `greater_than_*`: sum p(year > YY) - sum p(year <= YY) on clean and 01-corrupted prompts.
 - `sentiment_accuracy`: the top-1 next token is an adjective of the prompt's polarity.
 - `neutral_loss`: mean next-token cross-entropy (nats) on neutral paragraphs.
+{render_audit(card)}"""
+
+
+def render_audit(card: dict[str, Any]) -> str:
+    """The card's mechanism section: gates, probes, top heads and the circuit (zoo/audit.py)."""
+    a = card.get("audit")
+    if not a:
+        return ""
+    gates = "\n".join(
+        f"| {g['group']} | {g['gate']} | {g['value']} | {g['op']} {g['bound']} | "
+        f"{'pass' if g['passed'] else '**FAIL**'} | {g['detail']} |"
+        if g["group"] != "info"
+        else f"| info | {g['gate']} | {g['value']} | | | {g['detail']} |"
+        for g in a["gates"]
+    )
+    probes = "\n".join(
+        f"| {k.removesuffix('_logit_diff')} | {v} | {a['probes'][k.replace('logit_diff', 'accuracy')]} |"
+        for k, v in a["probes"].items()
+        if k.endswith("_logit_diff")
+    )
+    tops = "; ".join(
+        f"{kind}: " + ", ".join(f"{r['node']} {r['score']}" for r in rows)
+        for kind, rows in a["top_heads"].items()
+    )
+    c = a["circuit"]
+    classes = "\n".join(f"- {k}: {', '.join(v)}" for k, v in c["classes"].items())
+    f = c["faithfulness"]
+    verdict = "all gates pass" if a["all_gates_passed"] else "**some gates fail** (marked below)"
+    return f"""
+## Mechanism (measured)
+
+`{a["command"]}` ({a["seconds"]} s): {a["n"]} prompts per measurement, {a["split"]}, seed
+{a["seed"]}; {verdict}.
+
+| group | gate | value | bound | result | detail |
+|---|---|---|---|---|---|
+{gates}
+
+Behavioural probes (`circuitsteer.tasks.ioi_probes`; logit difference IO - S at END):
+
+| probe | logit diff | accuracy |
+|---|---|---|
+{probes}
+
+Top heads on repeated random tokens: {tops}.
+
+IOI circuit (`{c["file"]}`, found by `circuitsteer.analysis.find_ioi_circuit`, path patching
+backwards from the logits with ABC corruption, threshold {c["threshold"]} of the logit
+difference; {c["edges"]} edges):
+
+{classes}
+
+Faithfulness under mean ablation (every head outside the circuit mean-ablated per template and
+position over the ABC prompts): circuit {f["circuit"]} / model {f["model"]} = {f["faithfulness"]}.
 """
 
 

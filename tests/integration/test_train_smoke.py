@@ -48,3 +48,20 @@ def test_cli(tmp_path, capsys):
     assert "ioi_logit_diff" in capsys.readouterr().out
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["command"] == "python -m circuitsteer.zoo.train toy-ioi --steps 1 --seed 0"
+
+
+def test_curriculum_recipe_and_resume_from_checkpoint(tmp_path):
+    # ioi-circuit's two-phase curriculum; a run cut after 2 steps and resumed from its
+    # checkpoint ends with the same weights as an uncut run
+    r = replace(RECIPES["ioi-circuit"], steps=4, batch=4, chunk_steps=3, phase1_steps=2,
+                n_layer=1, n_embd=16, n_head=2, n_inner=16)  # fmt: skip
+    train(r, out=tmp_path / "a", eval_n=4, quiet=True)
+    ck = tmp_path / "ck.pt"
+    assert train(r, out=None, quiet=True, checkpoint=ck, checkpoint_every=2, until=2) == {}
+    assert ck.exists()
+    train(r, out=tmp_path / "b", eval_n=4, quiet=True, checkpoint=ck, checkpoint_every=2)
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "a" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
