@@ -15,6 +15,7 @@ TransformerLens's patching.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -286,6 +287,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    os.environ.setdefault("CIRCUITSTEER_QUIET", "1")  # no progress bars inside timed cases
     reps = 15 if args.quick else 60
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     print(
