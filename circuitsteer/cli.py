@@ -1,7 +1,7 @@
 """The ``circuitsteer`` command line (typer).
 
 Example:
-    $ circuitsteer demo                 # IOI check on the bundled toy-ioi model
+    $ circuitsteer demo                 # IOI check on the bundled ioi-circuit model
     $ circuitsteer models               # list zoo models
 """
 
@@ -30,7 +30,7 @@ def models() -> None:
 
 @app.command()
 def demo(
-    model: str = typer.Option("toy-ioi", help="zoo name, local HF folder or hub id"),
+    model: str = typer.Option("ioi-circuit", help="zoo name, local HF folder or hub id"),
     n: int = typer.Option(200, help="IOI examples"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -45,31 +45,37 @@ def demo(
     t0 = time.perf_counter()
     m = cs.load_model(model)
     load_s = time.perf_counter() - t0
-    task = cs.tasks.ioi(m, n=n, seed=seed, split="heldout" if m.name == "toy-ioi" else None)
-    with torch.no_grad():
-        clean, _ = cs.engine.run(m, task)
-        corrupted, _ = cs.engine.run(m, task.corrupted)
-    ld_clean = cs.metrics.logit_diff(clean, task)
+    # zoo models were trained on the other name pairs: measure them on held-out pairs
+    task = cs.tasks.ioi(m, n=n, seed=seed, split="heldout" if m.source == "zoo" else None)
+
+    # per-example metrics from each forward's rows: memory stays bounded however large n is
+    def ld(lg: torch.Tensor, rows: slice) -> torch.Tensor:
+        return cs.metrics.logit_diff(lg, task.subset(rows))
+
+    def acc(lg: torch.Tensor, rows: slice) -> torch.Tensor:
+        return cs.metrics.accuracy(lg, task.subset(rows)).float()
+
+    ld_clean = cs.engine.run_variants(m, task, [[]], reduce=ld).logits[0]
+    acc_clean = cs.engine.run_variants(m, task, [[]], reduce=acc).logits[0]
+    ld_corr = cs.engine.run_variants(
+        m, task.corrupted, [[]], positions=task.positions, reduce=ld
+    ).logits[0]
     table = Table(
         title=f"IOI check on {m.name}: {n} prompts, seed {seed} (loaded in {load_s:.1f}s)"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("logit diff (clean), mean", f"{ld_clean.mean():.3f}")
-    table.add_row("accuracy (IO beats S)", f"{cs.metrics.accuracy(clean, task).float().mean():.3f}")
-    table.add_row(
-        "logit diff (ABC corrupted), mean", f"{cs.metrics.logit_diff(corrupted, task).mean():.3f}"
-    )
+    table.add_row("accuracy (IO beats S)", f"{acc_clean.mean():.3f}")
+    table.add_row("logit diff (ABC corrupted), mean", f"{ld_corr.mean():.3f}")
     console.print(table)
     console.print("example:", repr(task.prompts[0]))
 
     s = m.shape
     heads = cs.nodes.all_heads(s)
     variants = [[cs.Ablate(cs.Site(h), mode="resample", reference=task.corrupted)] for h in heads]
-    per_head = cs.engine.run_variants(
-        m, task, variants, reduce=lambda lg: cs.metrics.logit_diff(lg, task).mean()
-    )
-    delta = (per_head.logits - ld_clean.mean()).view(s.n_layers, s.n_heads)
+    per_head = cs.engine.run_variants(m, task, variants, reduce=ld)
+    delta = (per_head.logits.mean(1) - ld_clean.mean()).view(s.n_layers, s.n_heads)
     grid = Table(title="change in mean logit diff when one head is resample-ablated (layer x head)")
     grid.add_column("layer")
     for h in range(s.n_heads):

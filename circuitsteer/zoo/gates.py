@@ -127,6 +127,15 @@ def ioi_gates(
         carried, detail = 0.0, "no S-inhibition heads or name movers"
     _gate(rows, "composition", "S-inhibition -> name movers' queries / logit difference",
           carried, ">=", 0.2, detail)  # fmt: skip
+    writers = movers + circuit.classes.get("S suppression", [])
+    flags = circuit.classes.get("induction", []) + circuit.classes.get("duplicate token", [])
+    if writers and flags:  # not a gate: composition through the writers' keys and values
+        kv = [f"{h}<{c}>" for h in writers for c in "kv"]
+        r = path_patching(model, std_t, senders=flags, receivers=kv).iloc[0]
+        rows.append({"group": "info", "gate": "induction/duplicate -> movers' keys+values / logit difference",
+                     "value": round(float((r["clean"] - r["patched"]) / r["clean"]), 4), "op": "",
+                     "bound": float("nan"), "passed": True,
+                     "detail": f"{'+'.join(flags)} -> {'+'.join(writers)} <k,v>"})  # fmt: skip
 
     sc = scores if scores is not None else evaluate(model, n=n, seed=seed)
     _gate(rows, "other tasks", "greater-than probability difference",
