@@ -100,7 +100,19 @@ def ioi_gates(
         ]
         _gate(rows, "heads", "name movers END -> IO attention", 0.0, ">=", 0.5,
               f"no head of class 'name mover' (heads writing to the logits: {'+'.join(others)})")  # fmt: skip
-    att = attention(model, std_t, from_pos="END", to=("IO", "S1"), heads=movers or None)
+    att = attention(model, std_t, from_pos="END", to=("IO", "S1"))
+    every = {
+        str(r.node): float(r.attention)
+        for r in att[(att["order"] == "all") & (att["to"] == "IO")].itertuples()
+    }
+    best_io = max(every, key=lambda h: every[h])
+    best = att[att["node"] == best_io].set_index(["order", "to"])["attention"]
+    ratios = ", ".join(
+        f"IO/S1 {o} {best[(o, 'IO')] / max(best[(o, 'S1')], 1e-9):.2f}" for o in ("ABBA", "BABA")
+    )
+    rows.append({"group": "info", "gate": "best END -> IO attention of any head",
+                 "value": round(float(every[best_io]), 4), "op": "", "bound": float("nan"),
+                 "passed": True, "detail": f"{best_io}; {ratios}"})  # fmt: skip
     for h in movers:
         sub = att[att["node"] == h].set_index(["order", "to"])["attention"]
         _gate(rows, "heads", f"{h} END -> IO attention", sub[("all", "IO")], ">=", 0.5, h)
