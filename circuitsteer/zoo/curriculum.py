@@ -31,9 +31,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from circuitsteer.tasks import greater_than, neutral, sentiment
 from circuitsteer.tasks.ioi import NAMES
 from circuitsteer.tasks.ioi_probes import TRAIN_TEMPLATES, ioi_variant
+from circuitsteer.zoo.data import TASK_SEQS
 
 PHASE1 = {"induction": 0.6, "dup_list": 0.1, "ioi": 0.1, "greater_than": 0.07,
           "sentiment": 0.07, "neutral": 0.06}  # fmt: skip
@@ -137,10 +137,6 @@ def ioi_seqs(tok: Any, n: int, seed: int, rng: random.Random) -> list[list[int]]
     return out[:n]
 
 
-def _rows(task: Any) -> list[list[int]]:
-    return [task.clean[i, : int(task.lengths[i])].tolist() for i in range(len(task))]
-
-
 def curriculum_chunk(
     tok: Any, mixture: dict[str, float], size: int, seed: int, chunk: int
 ) -> list[list[int]]:
@@ -151,7 +147,6 @@ def curriculum_chunk(
     counts = {k: int(round(size * w / total)) for k, w in mixture.items()}
     words = _words(tok)
     names = [n for n in NAMES if len(tok.encode(" " + n, add_special_tokens=False)) == 1]
-    eos, dot = tok.eos_token_id, tok.convert_tokens_to_ids(".")
     seqs: list[list[int]] = []
     for name, k in counts.items():
         if k <= 0:
@@ -164,18 +159,8 @@ def curriculum_chunk(
             seqs += [dup_mark_seq(rng, tok, names) for _ in range(k)]
         elif name == "ioi":
             seqs += ioi_seqs(tok, k, s, rng)
-        elif name == "greater_than":
-            t = greater_than(tok, n=k, seed=s)
-            assert t.candidates is not None
-            for r, yy in zip(_rows(t), t.meta["yy"], strict=True):
-                seqs.append(r + [int(t.candidates[rng.randint(int(yy) + 1, 99)])])
-        elif name == "sentiment":
-            t = sentiment(tok, n=k, seed=s, polarity="mixed")
-            assert t.candidates is not None and t.correct_mask is not None
-            for i, r in enumerate(_rows(t)):
-                seqs.append(r + [rng.choice(t.candidates[t.correct_mask[i]].tolist()), dot])
-        elif name == "neutral":
-            seqs += [r + [eos] for r in _rows(neutral(tok, n=k, seed=s))]
+        elif name in TASK_SEQS:
+            seqs += TASK_SEQS[name](tok, k, s, rng)
         else:
             raise ValueError(f"unknown mixture component {name!r}")
     rng.shuffle(seqs)

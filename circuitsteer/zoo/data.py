@@ -44,14 +44,39 @@ def _counts(mixture: dict[str, float], size: int) -> dict[str, int]:
     return counts
 
 
+def greater_than_seqs(tok: Any, k: int, seed: int, rng: random.Random) -> list[list[int]]:
+    """greater-than prompts + a year drawn uniformly from the years after YY."""
+    t = greater_than(tok, n=k, seed=seed)
+    assert t.candidates is not None  # greater_than always sets them
+    return [r + [int(t.candidates[rng.randint(int(yy) + 1, 99)])]
+            for r, yy in zip(_rows(t), t.meta["yy"], strict=True)]  # fmt: skip
+
+
+def sentiment_seqs(tok: Any, k: int, seed: int, rng: random.Random) -> list[list[int]]:
+    """sentiment prompts (both polarities) + an adjective of that polarity + "."."""
+    t = sentiment(tok, n=k, seed=seed, polarity="mixed")
+    assert t.candidates is not None and t.correct_mask is not None
+    dot = tok.convert_tokens_to_ids(".")
+    return [r + [rng.choice(t.candidates[t.correct_mask[i]].tolist()), dot]
+            for i, r in enumerate(_rows(t))]  # fmt: skip
+
+
+def neutral_seqs(tok: Any, k: int, seed: int, rng: random.Random) -> list[list[int]]:
+    """neutral paragraphs + EOS (``rng`` unused: kept for one signature)."""
+    return [r + [tok.eos_token_id] for r in _rows(neutral(tok, n=k, seed=seed))]
+
+
+# the components the zoo's mixtures share: name -> fn(tokenizer, count, seed, rng)
+TASK_SEQS = {"greater_than": greater_than_seqs, "sentiment": sentiment_seqs,
+             "neutral": neutral_seqs}  # fmt: skip
+
+
 def mixture_chunk(
     tokenizer: Any, mixture: dict[str, float], size: int, seed: int, chunk: int
 ) -> list[list[int]]:
     """``size`` training sequences (token id lists, BOS first), shuffled; deterministic."""
     s = (seed * 7919 + chunk) % 9_000  # below EVAL_SEED
     rng = random.Random(s)
-    eos = tokenizer.eos_token_id
-    dot = tokenizer.convert_tokens_to_ids(".")
     seqs: list[list[int]] = []
     for name, k in _counts(mixture, size).items():
         if k <= 0:
@@ -59,20 +84,8 @@ def mixture_chunk(
         if name == "ioi":
             t = ioi(tokenizer, n=k, seed=s, split="train")
             seqs += [r + [int(c)] for r, c in zip(_rows(t), t.correct, strict=True)]
-        elif name == "greater_than":
-            t = greater_than(tokenizer, n=k, seed=s)
-            assert t.candidates is not None
-            for r, yy in zip(_rows(t), t.meta["yy"], strict=True):
-                seqs.append(r + [int(t.candidates[rng.randint(int(yy) + 1, 99)])])
-        elif name == "sentiment":
-            t = sentiment(tokenizer, n=k, seed=s, polarity="mixed")
-            assert t.candidates is not None and t.correct_mask is not None
-            for i, r in enumerate(_rows(t)):
-                options = t.candidates[t.correct_mask[i]].tolist()
-                seqs.append(r + [rng.choice(options), dot])
-        elif name == "neutral":
-            t = neutral(tokenizer, n=k, seed=s)
-            seqs += [r + [eos] for r in _rows(t)]
+        elif name in TASK_SEQS:
+            seqs += TASK_SEQS[name](tokenizer, k, s, rng)
         else:
             raise ValueError(f"unknown mixture component {name!r}")
     rng.shuffle(seqs)
