@@ -40,7 +40,7 @@ from circuitsteer.analysis.heads import attention, head_scores
 from circuitsteer.analysis.path_patching import path_patching_grid
 from circuitsteer.errors import AnalysisError
 from circuitsteer.interventions import Ablate, Site
-from circuitsteer.nodes import all_heads, parse_node
+from circuitsteer.nodes import all_heads, all_mlps, format_site, parse_node
 
 CLASS_POSITIONS = {
     "name mover": "END",
@@ -62,7 +62,7 @@ def _hits(df: pd.DataFrame, threshold: float, exclude: set[str]) -> list[str]:
 
 
 def _receivers(heads: list[str], channels: str) -> list[str]:
-    return [f"{h}<{c}>" for h in heads for c in channels]
+    return [format_site(h, c) for h in heads for c in channels]
 
 
 def _pattern_class(sc: pd.DataFrame, head: str) -> str:
@@ -172,7 +172,7 @@ def find_ioi_circuit(
         source="circuitsteer.analysis.find_ioi_circuit: path patching backwards from the logits "
         "(Wang et al. 2022), ABC corruption",
     )  # fmt: skip
-    inputs = ["input", *(f"m{layer}" for layer in range(model.shape.n_layers))]
+    inputs = ["input", *all_mlps(model.shape)]
     for node in [*inputs, "logits"]:
         circuit.add_node(node)
     for h, c in sorted(classes.items(), key=lambda kv: _order(kv[0])):

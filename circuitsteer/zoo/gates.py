@@ -31,6 +31,7 @@ from circuitsteer import metrics
 from circuitsteer.analysis.attribution import direct_logit_attribution
 from circuitsteer.analysis.heads import attention, head_scores
 from circuitsteer.analysis.path_patching import path_patching
+from circuitsteer.nodes import format_site
 from circuitsteer.tasks.ioi_probes import ioi_probes
 from circuitsteer.zoo.evaluate import EVAL_SEED, run_logits
 
@@ -131,7 +132,9 @@ def ioi_gates(
 
     sinh = circuit.classes.get("S-inhibition", [])
     if sinh and movers:
-        pp = path_patching(model, std_t, senders=sinh, receivers=[f"{h}<q>" for h in movers])
+        pp = path_patching(
+            model, std_t, senders=sinh, receivers=[format_site(h, "q") for h in movers]
+        )
         r = pp.iloc[0]
         carried = (r["clean"] - r["patched"]) / r["clean"]
         detail = f"{'+'.join(sinh)} -> {'+'.join(movers)} <q>"
@@ -142,7 +145,7 @@ def ioi_gates(
     writers = movers + circuit.classes.get("S suppression", [])
     flags = circuit.classes.get("induction", []) + circuit.classes.get("duplicate token", [])
     if writers and flags:  # not a gate: composition through the writers' keys and values
-        kv = [f"{h}<{c}>" for h in writers for c in "kv"]
+        kv = [format_site(h, c) for h in writers for c in "kv"]
         r = path_patching(model, std_t, senders=flags, receivers=kv).iloc[0]
         rows.append({"group": "info", "gate": "induction/duplicate -> movers' keys+values / logit difference",
                      "value": round(float((r["clean"] - r["patched"]) / r["clean"]), 4), "op": "",
