@@ -17,8 +17,12 @@ The forward is batched per receiver layer (auto-circuit's formulation): the send
 ``[n_senders, batch*pos*d_model]`` are contracted with the layer's mask block
 ``[n_senders, n_receivers]`` in one matrix product, the receivers' inputs are normalized as a
 stack and each head's q/k/v columns get ``(norm(x + D_r) - norm(x)) @ W_r`` added (exactly zero
-for a zero delta). Grouped-query attention is not supported yet (k/v columns are shared by the
-heads of a group).
+for a zero delta). The sender deltas of a forward live in one stacked buffer written without
+autograd; with gradients, each receiver group's contraction is a custom autograd function whose
+backward is the mask's gradient ``deltas @ grad(D).T`` (each edge's ``grad(receiver input) .
+delta``, what EAP computes) and the senders' ``-(m @ grad(D))``: no concatenated copies of the
+deltas, no slice or concatenation backwards. Grouped-query attention is not supported yet (k/v
+columns are shared by the heads of a group).
 
 Example:
     >>> import torch, circuitsteer as cs
@@ -213,12 +217,42 @@ def _check_model(model: Any) -> None:
         )
 
 
+class _MaskedSum(torch.autograd.Function):
+    """``D = m.T @ deltas``: each receiver's mask-weighted sum of the sender deltas.
+
+    ``deltas`` ``[n, B*P*d]`` is the forward's stacked buffer of ``reference - output`` rows,
+    written without autograd; ``outs`` are the senders' outputs (the buffer's rows, in order),
+    passed only to route gradients. The backward is two matrix products and no copies: the
+    mask's gradient ``deltas @ grad(D).T`` (each edge's ``grad(receiver input) . delta``) and
+    the senders' ``-(m @ grad(D))``, returned as views of one tensor. The buffer is kept on
+    ``ctx`` (rows ``[:n]`` are final once written, and every forward allocates a fresh one)."""
+
+    @staticmethod
+    def forward(ctx: Any, m: torch.Tensor, deltas: torch.Tensor, *outs: torch.Tensor) -> Any:
+        ctx.deltas = deltas
+        ctx.sizes = [o.shape[0] for o in outs]
+        ctx.save_for_backward(m)
+        return m.T.to(deltas.dtype) @ deltas
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+        (g,) = grads
+        (m,) = ctx.saved_tensors
+        gm = (ctx.deltas @ g.T).to(m.dtype) if ctx.needs_input_grad[0] else None
+        gouts: list[torch.Tensor | None] = [None] * len(ctx.sizes)
+        if any(ctx.needs_input_grad[2:]):
+            gouts = list(torch.mm(m.to(g.dtype).neg(), g).split(ctx.sizes))
+        return (gm, None, *gouts)
+
+
 class _Hooks:
     """Hooks for one masked forward (``mask`` given) or one recording of sender outputs."""
 
     def __init__(self, model: Any, mask: EdgeMask | None, ref: list[torch.Tensor] | None) -> None:
         self.model, self.arch, self.mask, self.ref = model, model.arch, mask, ref
-        self.blocks: list[torch.Tensor] = []  # sender outputs (record) or deltas, [n, B*P*d]
+        self.blocks: list[torch.Tensor] = []  # recorded sender outputs, [n, B*P*d] each
+        self.outs: list[torch.Tensor] = []  # sender outputs of a masked forward (for autograd)
         self.handles: list[Any] = []
         self.diff: dict[int, torch.Tensor] = {}
         self.buf: torch.Tensor | None = None
@@ -258,29 +292,22 @@ class _Hooks:
 
     # -- senders ----------------------------------------------------------------------------
     def _sender(self, out: torch.Tensor) -> None:
-        """``out`` ``[n, B*P*d]``: record it, or turn it into a delta against the reference
-        (without autograd written into one preallocated buffer, so no receiver concatenates)."""
-        i = len(self.blocks)
+        """``out`` ``[n, B*P*d]``: record it, or write its delta against the reference into the
+        forward's one preallocated buffer (without autograd, so no receiver concatenates)."""
         if self.ref is None:
             self.blocks.append(out)
             return
-        if self.buf is not None:
-            a = self.filled
-            torch.sub(self.ref[i], out, out=self.buf[a : a + out.shape[0]])
-            self.filled = a + out.shape[0]
-            self.blocks.append(self.buf[a : self.filled])
-        else:
-            self.blocks.append(self.ref[i] - out)
-
-    def _deltas(self, n: int) -> torch.Tensor:
-        if self.buf is not None:
-            return self.buf[:n]
-        return torch.cat(self.blocks)[:n]
+        assert self.buf is not None
+        a = self.filled
+        self.filled = a + out.shape[0]
+        with torch.no_grad():
+            torch.sub(self.ref[len(self.outs)], out, out=self.buf[a : self.filled])
+        self.outs.append(out)
 
     def _input(self, module, args, kwargs):
-        self.blocks, self.diff, self.buf, self.filled = [], {}, None, 0
+        self.blocks, self.outs, self.diff, self.buf, self.filled = [], [], {}, None, 0
         x = args[0] if args else kwargs["hidden_states"]
-        if self.ref is not None and not torch.is_grad_enabled():
+        if self.ref is not None:
             n = sum(r.shape[0] for r in self.ref)
             self.buf = torch.empty(n, x.numel(), dtype=x.dtype, device=x.device)
         self._sender(x.reshape(1, -1))
@@ -308,10 +335,21 @@ class _Hooks:
     # -- receivers --------------------------------------------------------------------------
     def _delta(self, key: str, like: torch.Tensor) -> torch.Tensor:
         """``[R, *like.shape]``: each receiver's mask-weighted sum of sender deltas."""
-        assert self.mask is not None
+        assert self.mask is not None and self.buf is not None
         m = self.mask.tensors[key]
-        deltas = self._deltas(m.shape[0])
-        return (m.T.to(deltas.dtype) @ deltas).view(m.shape[1], *like.shape)
+        n = m.shape[0]
+        if torch.is_grad_enabled():
+            outs, k = [], 0
+            for o in self.outs:
+                if k == n:
+                    break
+                outs.append(o)
+                k += o.shape[0]
+            assert k == n, "a receiver group ends between a sender's rows"
+            D = _MaskedSum.apply(m, self.buf[:n], *outs)
+        else:
+            D = m.T.to(self.buf.dtype) @ self.buf[:n]
+        return D.view(m.shape[1], *like.shape)
 
     def _ln1(self, L: int):
         ln = self.model.module(self.arch.path("ln1", L))
@@ -339,11 +377,16 @@ class _Hooks:
             ]
         )
 
+        # GPT-2's fused c_attn: the receivers' columns are the whole output, in order
+        whole = torch.equal(cols, torch.arange(len(cols)))
+
         def hook(module, args, out):
             idx = cols.to(out.device)
             W = self.arch.in_cols(module, idx).reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
             contrib = torch.bmm(self.diff[L][r0 : r0 + R], W)  # [R, BP, dh]
             contrib = contrib.transpose(0, 1).reshape(*out.shape[:-1], R * dh)
+            if whole and out.shape[-1] == len(cols):
+                return out + contrib  # the same sums as index_add, without its index copies
             return out.index_add(-1, idx, contrib)
 
         return hook
