@@ -22,9 +22,13 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 
-import torch
+# no progress bars inside timed cases: tqdm reads TQDM_DISABLE when it is first imported (by
+# circuitsteer or TransformerLens), so it is set before those imports
+os.environ.setdefault("TQDM_DISABLE", "1")
 
-import circuitsteer as cs
+import torch  # noqa: E402
+
+import circuitsteer as cs  # noqa: E402
 
 try:  # the GPU machine may lack TransformerLens; the engine does not need it
     import transformer_lens  # noqa: F401
@@ -257,11 +261,8 @@ def bench_toy(reps: int, device: str, sync) -> list[tuple[str, float, str]]:
 def patching_speedup(model, reps: int, sync) -> tuple[str, float, str]:
     """Per-head resample patching of every head (all positions), 64 prompts: TransformerLens's
     ``patching.get_act_patch_attn_head_out_all_pos`` on the bridge vs ``run_variants``."""
-    import os
-
     from transformer_lens import patching
 
-    os.environ.setdefault("TQDM_DISABLE", "1")
     task = cs.tasks.ioi(model, n=64, seed=0)
 
     def metric(logits):
