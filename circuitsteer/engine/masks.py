@@ -21,8 +21,14 @@ for a zero delta). The sender deltas of a forward live in one stacked buffer wri
 autograd; with gradients, each receiver group's contraction is a custom autograd function whose
 backward is the mask's gradient ``deltas @ grad(D).T`` (each edge's ``grad(receiver input) .
 delta``, what EAP computes) and the senders' ``-(m @ grad(D))``: no concatenated copies of the
-deltas, no slice or concatenation backwards. Grouped-query attention is not supported yet (k/v
-columns are shared by the heads of a group).
+deltas, no slice or concatenation backwards.
+
+Under grouped-query attention a query head's ``<k>``/``<v>`` edges reach that query head only (as
+the engine's edge-restricted changes do): ``k_proj``/``v_proj`` keep their clean, shared output,
+each query head's masked k/v delta is projected through its KV group's weights and kept apart, and
+the heads whose k/v can change (a nonzero ``<k>``/``<v>`` column, or every head when the mask
+requires grad) get their attention recomputed from the group's clean k/v plus their own delta
+(rotary on k), replacing their columns of the ``attn_out`` input.
 
 Example:
     >>> import torch, circuitsteer as cs
@@ -209,14 +215,6 @@ class EdgeMask:
         return c
 
 
-def _check_model(model: Any) -> None:
-    if model.shape.grouped_kv:
-        raise InterventionError(
-            f"edge masks do not support grouped-query attention yet ({model.shape.describe()})",
-            fix="use edge-restricted Patch sites (engine.run with Site(..., to=...)) on this model",
-        )
-
-
 class _MaskedSum(torch.autograd.Function):
     """``D = m.T @ deltas``: each receiver's mask-weighted sum of the sender deltas.
 
@@ -258,9 +256,17 @@ class _Hooks:
         self.buf: torch.Tensor | None = None
         self.filled = 0
         s = model.shape
+        # grouped-query attention: per layer the attention kwargs, the q/k/v module outputs
+        # (q with its deltas, k/v clean) and each query head's own k/v delta [H, B, P, dh]
+        self.gqa = mask is not None and s.grouped_kv
+        self.attn_kw: dict[int, tuple[Any, Any]] = {}
+        self.proj: dict[tuple[int, str], torch.Tensor] = {}
+        self.kv_delta: dict[tuple[int, str], torch.Tensor] = {}
         try:
             self._pre("block", 0, self._input)
             for L in range(s.n_layers):
+                if self.gqa:
+                    self._pre("attn", L, self._attn_kw(L))
                 self._pre("attn_out", L, self._heads(L))
                 if eg.has_mlps(s):
                     self._post("mlp", L, self._mlp(L))
@@ -278,7 +284,8 @@ class _Hooks:
 
     def _pre(self, role: str, layer: int | None, fn: Any) -> None:
         mod = self.model.module(self.arch.path(role, layer))
-        self.handles.append(mod.register_forward_pre_hook(fn, with_kwargs=role == "block"))
+        kw = role in ("block", "attn")
+        self.handles.append(mod.register_forward_pre_hook(fn, with_kwargs=kw))
 
     def _post(self, role: str, layer: int, fn: Any) -> None:
         self.handles.append(
@@ -306,6 +313,7 @@ class _Hooks:
 
     def _input(self, module, args, kwargs):
         self.blocks, self.outs, self.diff, self.buf, self.filled = [], [], {}, None, 0
+        self.attn_kw, self.proj, self.kv_delta = {}, {}, {}
         x = args[0] if args else kwargs["hidden_states"]
         if self.ref is not None:
             n = sum(r.shape[0] for r in self.ref)
@@ -320,11 +328,67 @@ class _Hooks:
 
         def hook(module, args):
             z = args[0]
+            z_in = z
+            if self.gqa:
+                z = self._gqa_heads(L, z)
             B, P = z.shape[:2]
             zh = z.reshape(B * P, s.n_heads, s.d_head).transpose(0, 1)  # [H, BP, dh]
             self._sender(torch.bmm(zh, w_o).reshape(s.n_heads, -1))
+            return None if z is z_in else (z, *args[1:])
 
         return hook
+
+    def _attn_kw(self, L: int):
+        def hook(module, args, kwargs):
+            self.attn_kw[L] = (kwargs.get("position_embeddings"), kwargs.get("attention_mask"))
+
+        return hook
+
+    def _gqa_heads(self, L: int, z: torch.Tensor) -> torch.Tensor:
+        """``z`` with the attention of every query head whose k/v can differ from its group's
+        recomputed from its own k/v (the group's clean k/v plus the head's own delta)."""
+        assert self.mask is not None
+        s, arch = self.model.shape, self.arch
+        H, dh = s.n_heads, s.d_head
+        m = self.mask.tensors[f"a{L}"]
+        if torch.is_grad_enabled() and m.requires_grad:
+            heads = list(range(H))
+        else:
+            with torch.no_grad():
+                nz = (m[:, H:] != 0).any(0)
+                heads = (nz[:H] | nz[H:]).nonzero().flatten().tolist()
+        if not heads:
+            return z
+        B, P = z.shape[:2]
+        idx = torch.tensor(heads, device=z.device)
+
+        def stack(c: str) -> torch.Tensor:  # [n, B, P, dh]
+            out = self.proj[(L, c)]
+            t = torch.stack([out[..., arch.qkv_cols(c, h)] for h in heads])
+            d = self.kv_delta.get((L, c))
+            return t if d is None else t + d.index_select(0, idx)
+
+        pos_emb, amask = self.attn_kw[L]
+        q = arch.rotary(stack("q"), pos_emb)
+        k = arch.rotary(stack("k"), pos_emb)
+        v = stack("v")
+        scores = (q @ k.transpose(-1, -2)) * arch.attn_scale(
+            self.model.module(arch.path("attn", L))
+        )
+        if amask is None:
+            causal = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+        else:
+            am = amask[:, 0, :, -P:]
+            if am.dtype == torch.bool:
+                scores = scores.masked_fill(~am, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + am
+        sm_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+        zh = torch.softmax(scores, dim=-1, dtype=sm_dtype).to(v.dtype) @ v  # [n, B, P, dh]
+        z = z.clone()
+        z.view(B, P, H, dh)[:, :, heads] = zh.permute(1, 2, 0, 3)
+        return z
 
     def _mlp(self, L: int):
         def hook(module, args, out):
@@ -384,12 +448,37 @@ class _Hooks:
             idx = cols.to(out.device)
             W = self.arch.in_cols(module, idx).reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
             contrib = torch.bmm(self.diff[L][r0 : r0 + R], W)  # [R, BP, dh]
+            if self.gqa:
+                return self._gqa_qkv(L, channels, out, idx, contrib)
             contrib = contrib.transpose(0, 1).reshape(*out.shape[:-1], R * dh)
             if whole and out.shape[-1] == len(cols):
                 return out + contrib  # the same sums as index_add, without its index copies
             return out.index_add(-1, idx, contrib)
 
         return hook
+
+    def _gqa_qkv(
+        self,
+        L: int,
+        channels: tuple[str, ...],
+        out: torch.Tensor,
+        idx: torch.Tensor,
+        contrib: torch.Tensor,
+    ) -> torch.Tensor:
+        """Grouped-query attention: q columns get their deltas as usual; k/v columns are shared
+        by a KV group, so they stay clean and each query head's own delta is kept apart."""
+        H, dh = self.model.shape.n_heads, self.model.shape.d_head
+        new = out
+        for i, ch in enumerate(channels):
+            part = contrib[i * H : (i + 1) * H]  # [H, BP, dh]
+            if ch == "q":
+                q_idx = idx[i * H * dh : (i + 1) * H * dh]
+                new = new.index_add(-1, q_idx, part.transpose(0, 1).reshape(*out.shape[:-1], -1))
+            else:
+                self.kv_delta[(L, ch)] = part.view(H, *out.shape[:-1], dh)
+        for ch in channels:
+            self.proj[(L, ch)] = new if ch == "q" else out
+        return new
 
     def _ln2(self, L: int):
         def hook(module, args):
@@ -415,7 +504,6 @@ class SenderOutputs:
 def sender_outputs(model: Any, tokens: torch.Tensor) -> SenderOutputs:
     """Record every sender's output on ``tokens`` (one forward, no autograd); reuse it across
     many masked forwards with the same reference."""
-    _check_model(model)
     hooks = _Hooks(model, None, None)
     try:
         with torch.no_grad():
@@ -443,7 +531,6 @@ def run_with_mask(
     >>> torch.equal(run_with_mask(m, a, EdgeMask(m), b), m(a))
     True
     """
-    _check_model(model)
     if mask.shape != model.shape:
         raise InterventionError(
             f"the mask is for {mask.shape.describe()}, the model is {model.shape.describe()}",

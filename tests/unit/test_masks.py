@@ -95,10 +95,82 @@ def test_parallel_residual_edge_rule(toks):
         mask["a0.h0", "a1.h0", None] = 1.0
 
 
-def test_grouped_query_attention_refused(toks):
-    m = cs.models.random_model("llama", n_layers=2, n_heads=4, n_kv_heads=2, d_model=32)
-    with pytest.raises(cs.InterventionError, match="grouped-query"):
-        run_with_mask(m, toks[0], EdgeMask(m), toks[1])
+GQA = {"llama": {}, "qwen2": {}}  # qwen2: q/k/v bias
+
+
+def build_gqa(family, dtype=torch.float32):
+    m = cs.models.random_model(family, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=3)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in m.hf.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    m.hf.to(dtype)
+    return m
+
+
+GQA_EDGES = [
+    ("a0.h1", "a1.h2", "k"),  # a1.h2 shares its KV head with a1.h3
+    ("input", "a1.h3", "v"),
+    ("a0.h0", "a1.h0", "k"),
+    ("m0", "a1.h1", "v"),
+    ("a0.h2", "a1.h2", "q"),
+    ("input", "a0.h1", "k"),
+]
+
+
+@pytest.mark.parametrize("family", list(GQA))
+def test_grouped_query_attention(family, toks):
+    m = build_gqa(family)
+    assert m.shape.grouped_kv
+    clean, corrupt = toks
+    ref = sender_outputs(m, corrupt)
+    with torch.no_grad():
+        want_clean, want_corrupt = m(clean), m(corrupt)
+    assert torch.equal(run_with_mask(m, clean, EdgeMask(m), ref), want_clean)
+    ones = run_with_mask(m, clean, EdgeMask(m, value=1.0), ref)
+    torch.testing.assert_close(ones, want_corrupt, atol=1e-5, rtol=1e-5)
+    for src, dst, ch in GQA_EDGES:
+        mask = EdgeMask(m)
+        mask[src, dst, ch] = 1.0
+        got = run_with_mask(m, clean, mask, ref)
+        _, cache = run(m, corrupt, [], capture=[src])
+        want, _ = run(m, clean, [cs.Patch(cs.Site(src, to=(f"{dst}<{ch}>",)), cache)])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=f"{src}->{dst}<{ch}>")
+        assert not torch.allclose(got, want_clean, atol=1e-5), f"{src}->{dst}<{ch}> had no effect"
+
+
+def _rms_norm_float64(self, x):
+    """LlamaRMSNorm without its float32 cast (which would swamp float64 finite differences)."""
+    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+
+def test_grouped_query_attention_gradients(toks, monkeypatch):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    monkeypatch.setattr(LlamaRMSNorm, "forward", _rms_norm_float64)
+    m = build_gqa("llama", torch.float64)
+    clean, corrupt = toks
+    ref = sender_outputs(m, corrupt)
+    mask = EdgeMask(m, value=0.3, requires_grad=True)
+
+    def metric(lg):
+        return lg[:, -1, 5].sum() - lg[:, 2, 9].sum()
+
+    grads = torch.autograd.grad(metric(run_with_mask(m, clean, mask, ref)), mask.parameters())
+    g = dict(zip(mask.tensors, grads, strict=True))
+    eps = 1e-5
+    # every head of every layer is recomputed here (the mask requires grad, or is nonzero), so
+    # no float32 softmax of the model's own attention enters the logits
+    for edge in GQA_EDGES:
+        key_, row, col = mask.locate(edge)
+        f = []
+        for sign in (1, -1):
+            mask[edge] = 0.3 + sign * eps
+            with torch.no_grad():
+                f.append(metric(run_with_mask(m, clean, mask, ref)).item())
+        mask[edge] = 0.3
+        fd = (f[0] - f[1]) / (2 * eps)
+        assert abs(fd - g[key_][row, col].item()) < 1e-5 * max(1.0, abs(fd)), (edge, fd)
 
 
 @pytest.mark.parametrize("key", ["gpt2", "gpt_neox"])
