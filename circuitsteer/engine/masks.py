@@ -215,19 +215,42 @@ class EdgeMask:
         return c
 
 
+class _SenderGrads:
+    """The senders' gradients of one masked forward, accumulated across receiver groups in one
+    ``[n, B*P*d]`` buffer: each group's backward adds ``-(m @ grad(D))`` into its rows in place
+    (one ``addmm_``) and the group that first reads a block of sender rows hands them to autograd
+    as views, instead of every group returning its own copy for autograd to sum."""
+
+    def __init__(self) -> None:
+        self.S: torch.Tensor | None = None
+        self.low = 0  # first row handed back in this backward pass
+
+
 class _MaskedSum(torch.autograd.Function):
     """``D = m.T @ deltas``: each receiver's mask-weighted sum of the sender deltas.
 
     ``deltas`` ``[n, B*P*d]`` is the forward's stacked buffer of ``reference - output`` rows,
-    written without autograd; ``outs`` are the senders' outputs (the buffer's rows, in order),
-    passed only to route gradients. The backward is two matrix products and no copies: the
-    mask's gradient ``deltas @ grad(D).T`` (each edge's ``grad(receiver input) . delta``) and
-    the senders' ``-(m @ grad(D))``, returned as views of one tensor. The buffer is kept on
-    ``ctx`` (rows ``[:n]`` are final once written, and every forward allocates a fresh one)."""
+    written without autograd; ``outs`` are sender outputs (the buffer's rows, in order), passed
+    only to route gradients. The backward is two matrix products and no copies: the mask's
+    gradient ``deltas @ grad(D).T`` (each edge's ``grad(receiver input) . delta``) and the
+    senders' ``-(m @ grad(D))``. With ``state`` (a :class:`_SenderGrads`), ``outs`` are the
+    senders of rows ``c:n`` that no earlier group reads: the sender term is accumulated into
+    ``state``'s buffer and those rows handed back (every later group reading them has run its
+    backward by then, since this group's ``grad(D)`` depends on their senders' gradients).
+    Without ``state``, ``outs`` are all ``n`` senders and get their term directly. The buffer is
+    kept on ``ctx`` (rows ``[:n]`` are final once written, and every forward allocates a fresh
+    one)."""
 
     @staticmethod
-    def forward(ctx: Any, m: torch.Tensor, deltas: torch.Tensor, *outs: torch.Tensor) -> Any:
-        ctx.deltas = deltas
+    def forward(
+        ctx: Any,
+        m: torch.Tensor,
+        deltas: torch.Tensor,
+        state: _SenderGrads | None,
+        c: int,
+        *outs: torch.Tensor,
+    ) -> Any:
+        ctx.deltas, ctx.state, ctx.c = deltas, state, c
         ctx.sizes = [o.shape[0] for o in outs]
         ctx.save_for_backward(m)
         return m.T.to(deltas.dtype) @ deltas
@@ -239,9 +262,24 @@ class _MaskedSum(torch.autograd.Function):
         (m,) = ctx.saved_tensors
         gm = (ctx.deltas @ g.T).to(m.dtype) if ctx.needs_input_grad[0] else None
         gouts: list[torch.Tensor | None] = [None] * len(ctx.sizes)
-        if any(ctx.needs_input_grad[2:]):
-            gouts = list(torch.mm(m.to(g.dtype).neg(), g).split(ctx.sizes))
-        return (gm, None, *gouts)
+        st, c, n = ctx.state, ctx.c, m.shape[0]
+        if st is None:
+            if any(ctx.needs_input_grad[4:]):
+                gouts = list(torch.mm(m.to(g.dtype).neg(), g).split(ctx.sizes))
+            return (gm, None, None, None, *gouts)
+        if st.S is not None and n > st.low:  # a new backward pass over this graph
+            st.S = None
+        if st.S is None:
+            st.S = torch.mm(m.to(g.dtype).neg(), g)
+        else:
+            st.S[:n].addmm_(m.to(g.dtype), g, alpha=-1)
+        rows = st.S[c:n]
+        st.low = c
+        if c == 0:
+            st.S = None
+        if any(ctx.needs_input_grad[4:]):
+            gouts = list(rows.split(ctx.sizes))
+        return (gm, None, None, None, *gouts)
 
 
 class _Hooks:
@@ -255,6 +293,8 @@ class _Hooks:
         self.diff: dict[int, torch.Tensor] = {}
         self.buf: torch.Tensor | None = None
         self.filled = 0
+        self.claimed = 0  # sender rows whose gradient a group already hands back
+        self.sgrads = _SenderGrads()
         s = model.shape
         # grouped-query attention: per layer the attention kwargs, the q/k/v module outputs
         # (q with its deltas, k/v clean) and each query head's own k/v delta [H, B, P, dh]
@@ -313,6 +353,7 @@ class _Hooks:
 
     def _input(self, module, args, kwargs):
         self.blocks, self.outs, self.diff, self.buf, self.filled = [], [], {}, None, 0
+        self.claimed, self.sgrads = 0, _SenderGrads()
         self.attn_kw, self.proj, self.kv_delta = {}, {}, {}
         x = args[0] if args else kwargs["hidden_states"]
         if self.ref is not None:
@@ -403,14 +444,21 @@ class _Hooks:
         m = self.mask.tensors[key]
         n = m.shape[0]
         if torch.is_grad_enabled():
+            c = self.claimed
+            own = n > c  # the first group to read rows c:n hands back their gradient
             outs, k = [], 0
             for o in self.outs:
                 if k == n:
                     break
-                outs.append(o)
+                if k >= c or not own:
+                    outs.append(o)
                 k += o.shape[0]
             assert k == n, "a receiver group ends between a sender's rows"
-            D = _MaskedSum.apply(m, self.buf[:n], *outs)
+            if own:
+                self.claimed = n
+                D = _MaskedSum.apply(m, self.buf[:n], self.sgrads, c, *outs)
+            else:
+                D = _MaskedSum.apply(m, self.buf[:n], None, 0, *outs)
         else:
             D = m.T.to(self.buf.dtype) @ self.buf[:n]
         return D.view(m.shape[1], *like.shape)
@@ -443,10 +491,16 @@ class _Hooks:
 
         # GPT-2's fused c_attn: the receivers' columns are the whole output, in order
         whole = torch.equal(cols, torch.arange(len(cols)))
+        # contiguous columns: take the weights as a view (no index copy, no index backward)
+        c0 = int(cols[0])
+        span: Any = (
+            slice(c0, c0 + len(cols)) if torch.equal(cols - c0, torch.arange(len(cols))) else None
+        )
 
         def hook(module, args, out):
             idx = cols.to(out.device)
-            W = self.arch.in_cols(module, idx).reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
+            W = self.arch.in_cols(module, idx if span is None else span)
+            W = W.reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
             contrib = torch.bmm(self.diff[L][r0 : r0 + R], W)  # [R, BP, dh]
             if self.gqa:
                 return self._gqa_qkv(L, channels, out, idx, contrib)
