@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from circuitsteer.engine.branch import branched
+from circuitsteer.engine.branch import branched, resid_pres
 from circuitsteer.engine.chunking import progress as show_progress
 from circuitsteer.engine.chunking import rows_per_forward, spans
 from circuitsteer.engine.hooks import HookSet
@@ -270,11 +270,10 @@ def run_variants(
         range(s, min(s + per_chunk, len(variants))) for s in range(0, len(variants), per_chunk)
     ]
     steps = [(g, pc) for g in groups for pc in prompt_chunks]
-    outs: list[torch.Tensor] = []
-    caps: dict[str, list[torch.Tensor]] = {n: [] for n in captures}
-    pending: dict[int, list[torch.Tensor]] = {}  # variant -> its logits (or reductions) so far
-    pending_caps: dict[int, dict[str, list[torch.Tensor]]] = {}
-    for group, (a, b) in show_progress(steps, len(steps), "run_variants", progress):
+    # Compile every step first: each reference batch then says everything it must capture
+    # before the first step resolves its sources, so it runs once per call, not once per chunk.
+    plans: list[tuple[list[Edit], int]] = []
+    for group, (a, b) in steps:
         n = b - a
         window = None if (a, b) == (0, B) else slice(a, b)
         edits: list[Edit] = []
@@ -282,10 +281,30 @@ def run_variants(
             edits += compile_plan(
                 model, variants[k], pos, refs, toks, row0=j * n, n=n, task=task, window=window
             )
+        plans.append((edits, _first_layer(model, edits, captures) if branch else 0))
+    # One prompt chunk and no autograd: the clean residual entering every branching layer
+    # comes from one partial forward, shared by the chunks (same kernels on the same rows).
+    pre: dict[int, tuple[torch.Tensor, bool]] = {}
+    if len(prompt_chunks) == 1 and not grad:
+        layers = {s for (g, _), (_, s) in zip(steps, plans, strict=True) if len(g) > 1 and s > 0}
+        if len(layers) > 1:
+            a, b = prompt_chunks[0]
+            with torch.no_grad():
+                pre = resid_pres(model, toks[a:b], layers)
+    outs: list[torch.Tensor] = []
+    caps: dict[str, list[torch.Tensor]] = {n: [] for n in captures}
+    pending: dict[int, list[torch.Tensor]] = {}  # variant -> its logits (or reductions) so far
+    pending_caps: dict[int, dict[str, list[torch.Tensor]]] = {}
+    for (group, (a, b)), (edits, start) in show_progress(
+        list(zip(steps, plans, strict=True)), len(steps), "run_variants", progress
+    ):
+        n = b - a
         resolve_sources(edits)
         bind_mean_positions(edits)
-        start = _first_layer(model, edits, captures) if branch else 0
-        with torch.set_grad_enabled(grad), branched(model, toks[a:b], start, len(group)):
+        with (
+            torch.set_grad_enabled(grad),
+            branched(model, toks[a:b], start, len(group), pre.get(start)),
+        ):
             hooks = HookSet(model, edits, captures)
             try:
                 logits = model(toks[a:b].repeat(len(group), 1))

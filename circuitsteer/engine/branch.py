@@ -69,14 +69,60 @@ def resid_pre(model: Any, tokens: torch.Tensor, layer: int) -> tuple[torch.Tenso
     return got["x"], bool(got.get("tuple", False))
 
 
+def resid_pres(
+    model: Any, tokens: torch.Tensor, layers: set[int] | list[int]
+) -> dict[int, tuple[torch.Tensor, bool]]:
+    """:func:`resid_pre` at several layers from one partial forward (up to the highest)."""
+    wanted = sorted({L for L in layers if L > 0})
+    if not wanted:
+        return {}
+    got: dict[int, torch.Tensor] = {}
+    kind: dict[str, bool] = {}
+    top = wanted[-1]
+
+    def grab(layer: int):
+        def hook(module, args, kwargs):
+            got[layer] = _input(args, kwargs)
+            if layer == top:
+                raise _Stop
+
+        return hook
+
+    def out_kind(module, args, out):
+        kind["tuple"] = isinstance(out, tuple)
+
+    arch = model.arch
+    handles = [
+        model.module(arch.path("block", L)).register_forward_pre_hook(grab(L), with_kwargs=True)
+        for L in wanted
+    ]
+    handles.append(model.module(arch.path("block", 0)).register_forward_hook(out_kind))
+    try:
+        model(tokens)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    as_tuple = bool(kind.get("tuple", False))
+    return {L: (got[L], as_tuple) for L in wanted}
+
+
 @contextmanager
-def branched(model: Any, tokens: torch.Tensor, layer: int, copies: int) -> Iterator[None]:
+def branched(
+    model: Any,
+    tokens: torch.Tensor,
+    layer: int,
+    copies: int,
+    pre: tuple[torch.Tensor, bool] | None = None,
+) -> Iterator[None]:
     """Inside the block, a forward of ``tokens.repeat(copies, 1)`` skips blocks ``0..layer-1``
-    and starts block ``layer`` from their output on ``tokens`` (computed once, here)."""
+    and starts block ``layer`` from their output on ``tokens`` (computed once, here, unless
+    ``pre`` already holds it: :func:`resid_pre`'s answer for this layer)."""
     if layer <= 0 or copies <= 1:
         yield
         return
-    x, as_tuple = resid_pre(model, tokens, layer)
+    x, as_tuple = pre if pre is not None else resid_pre(model, tokens, layer)
     stacked = x.repeat(copies, *([1] * (x.dim() - 1)))
     arch = model.arch
     first = arch.path("block", 0)
