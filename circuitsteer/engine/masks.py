@@ -98,7 +98,7 @@ class EdgeMask:
             groups.append(_Group(f"a{L}", before, len(CHANNELS) * s.n_heads))
             if self.n_mlp:
                 own = 0 if s.parallel_residual else s.n_heads
-                groups.append(_Group(f"m{L}", before + own, 1))
+                groups.append(_Group(mlp(L), before + own, 1))
         groups.append(_Group("logits", 1 + s.n_layers * per_layer, 1))
         self.groups = {g.key: g for g in groups}
         kw = {"dtype": dtype or model.dtype, "device": model.device}
@@ -143,7 +143,7 @@ class EdgeMask:
                 )
             key, col = f"a{d.layer}", CHANNELS.index(ch) * self.shape.n_heads + (d.head or 0)
         elif d.kind in ("mlp", "logits") and ch is None:
-            key, col = (f"m{d.layer}" if d.kind == "mlp" else "logits"), 0
+            key, col = (mlp(d.layer or 0) if d.kind == "mlp" else "logits"), 0
         else:
             raise InterventionError(
                 f"{dst}<{ch}> is not a receiver of the edge graph",
