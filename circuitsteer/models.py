@@ -40,7 +40,6 @@ from circuitsteer.errors import ModelNotAvailableError, UnsupportedArchitectureE
 ZOO_DIR = Path(__file__).parent / "zoo"
 # eager attention: what the bridge switches to anyway, and what exposes attention patterns
 _EAGER: dict[str, Any] = {"attn_implementation": "eager"}
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Model:
@@ -335,12 +334,12 @@ def _boot_bridge(hf: Any, tokenizer: Any, name: str) -> Any:
 # tokenizers and built-in zoo entries
 
 
+# GPT-2's BPE files (MIT, see LICENSE there) ship inside the package: users have no ../shared
+GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "gpt2-tokenizer"
+
+
 def _find_gpt2_tokenizer_dir() -> Path | None:
-    candidates = [os.environ.get("CIRCUITSTEER_GPT2_TOKENIZER")]
-    candidates += [
-        str(REPO_ROOT.parent / "shared" / "gpt2-tokenizer"),
-        str(Path.cwd().parent / "shared" / "gpt2-tokenizer"),
-    ]
+    candidates = [os.environ.get("CIRCUITSTEER_GPT2_TOKENIZER"), str(GPT2_TOKENIZER_DIR)]
     for c in candidates:
         if c and (Path(c) / "encoder.json").exists() and (Path(c) / "vocab.bpe").exists():
             return Path(c)
@@ -348,7 +347,7 @@ def _find_gpt2_tokenizer_dir() -> Path | None:
 
 
 def gpt2_tokenizer(required: bool = False) -> Any:
-    """GPT-2's BPE tokenizer from ../shared/gpt2-tokenizer (or $CIRCUITSTEER_GPT2_TOKENIZER).
+    """GPT-2's BPE tokenizer: the package's copy (or $CIRCUITSTEER_GPT2_TOKENIZER).
 
     Without those files: a byte-level fallback (ids 0..255 + ``<|endoftext|>``) unless ``required``.
     """
@@ -359,7 +358,7 @@ def gpt2_tokenizer(required: bool = False) -> Any:
         if required:
             raise ModelNotAvailableError(
                 "GPT-2 tokenizer files (encoder.json, vocab.bpe) not found",
-                fix="put them in ../shared/gpt2-tokenizer or set CIRCUITSTEER_GPT2_TOKENIZER to their folder",
+                fix="reinstall circuitsteer (it ships them in circuitsteer/assets/gpt2-tokenizer) or set CIRCUITSTEER_GPT2_TOKENIZER to their folder",
             )
         return byte_tokenizer()
     tk = Tokenizer(models.BPE.from_file(str(d / "encoder.json"), str(d / "vocab.bpe")))
@@ -502,7 +501,7 @@ def _zoo_folder(name: str) -> Callable[[], tuple[Any, Any, str | None]]:
 register_zoo(
     "gpt2-small-shape",
     "GPT-2 small's architecture with seeded random weights (seed 0) and "
-    "GPT-2's tokenizer when ../shared/gpt2-tokenizer is present",
+    "GPT-2's tokenizer (bundled)",
     _gpt2_small_shape,
 )
 for _name in sorted({"toy-ioi", *(d.parent.name for d in ZOO_DIR.glob("*/config.json"))}):

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-GPT2_TOKENIZER_DIR = SHARED / "gpt2-tokenizer"
+from circuitsteer.models import GPT2_TOKENIZER_DIR  # the package's own copy
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,9 +48,7 @@ def tiny_model_3l():
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     if not (GPT2_TOKENIZER_DIR / "encoder.json").exists():
-        pytest.skip(
-            f"GPT-2 tokenizer files not found at {GPT2_TOKENIZER_DIR} (../shared/gpt2-tokenizer)"
-        )
+        pytest.skip(f"GPT-2 tokenizer files not found at {GPT2_TOKENIZER_DIR} (the package's copy)")
     from circuitsteer.models import gpt2_tokenizer as load
 
     return load(required=True)

@@ -226,7 +226,7 @@ def test_task_validates_shapes(tok):
 
 
 # ---------------------------------------------------------------------------------------------
-# GPT-2's tokenizer (../shared/gpt2-tokenizer; the fixture skips with a reason when absent)
+# GPT-2's tokenizer (the package ships circuitsteer/assets/gpt2-tokenizer)
 
 
 def test_gpt2_ioi_single_token_names(gpt2_tokenizer):
