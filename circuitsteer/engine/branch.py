@@ -45,28 +45,7 @@ def _input(args: tuple, kwargs: dict) -> torch.Tensor:
 def resid_pre(model: Any, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, bool]:
     """The residual stream entering block ``layer`` on ``tokens`` (the blocks above are not
     run), and whether blocks return tuples."""
-    got: dict[str, Any] = {}
-
-    def stop(module, args, kwargs):
-        got["x"] = _input(args, kwargs)
-        raise _Stop
-
-    def kind(module, args, out):
-        got["tuple"] = isinstance(out, tuple)
-
-    arch = model.arch
-    handles = [
-        model.module(arch.path("block", layer)).register_forward_pre_hook(stop, with_kwargs=True),
-        model.module(arch.path("block", layer - 1)).register_forward_hook(kind),
-    ]
-    try:
-        model(tokens)
-    except _Stop:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return got["x"], bool(got.get("tuple", False))
+    return resid_pres(model, tokens, [layer])[layer]
 
 
 def resid_pres(
