@@ -47,10 +47,18 @@ PHASE1_V2 = {"induction": 0.45, "dup_mark": 0.1, "dup_list": 0.1, "ioi": 0.15,
 PHASE2_V2 = {"induction": 0.15, "dup_mark": 0.08, "dup_list": 0.1, "ioi": 0.4,
              "greater_than": 0.09, "sentiment": 0.09, "neutral": 0.09}  # fmt: skip
 
+# v3: many-name duplicate lists where repeated names occur 2-3 times, so boosting every name in
+# context and suppressing the repeated ones loses to attending the once-mentioned name (the
+# name-mover solution); 6 layers give S-inhibition -> name-mover composition room
+PHASE2_V3 = {"induction": 0.12, "dup_mark": 0.06, "dup_list": 0.06, "dup_list_many": 0.16,
+             "ioi": 0.33, "greater_than": 0.09, "sentiment": 0.09, "neutral": 0.09}  # fmt: skip
+
 CURRICULUM_DOC = {
     "induction": "64 random words with spans of 4-16 earlier tokens copied again, several times",
     "dup_mark": "names each followed by ',' when first mentioned and '.' when repeated",
     "dup_list": "'A, B, C, B, A. Then everyone said to C': the name mentioned once",
+    "dup_list_many": "'A, B, C, B, A, D, C, B. Then everyone said to D': 4-7 names, all but one "
+    "mentioned 2-3 times",
     "ioi": "IOI (training pairs, 20 training templates) + answer: 35% standard, 20% fresh-name "
     "prefix, 10% S in a prefix, 15% S in a prefix and a fresh name in the S2 slot (answer IO), "
     "20% nothing repeated (fresh S2 name; either first-clause name, 50/50); 30% with a "
@@ -90,12 +98,17 @@ def induction_seq(rng: random.Random, words: list[int], bos: int, length: int = 
     return seq[:length]
 
 
-def dup_list_seq(rng: random.Random, tok: Any, names: list[str]) -> list[int]:
-    """A list of names where every name but one appears twice; the answer is the single one."""
-    k = rng.randint(2, 5)
-    chosen = rng.sample(names, k)
+def dup_list_seq(
+    rng: random.Random, tok: Any, names: list[str], k: tuple[int, int] = (2, 5), most: int = 2
+) -> list[int]:
+    """A list of ``k`` names where every name but one appears 2..``most`` times; the answer is
+    the single one."""
+    chosen = rng.sample(names, rng.randint(*k))
     once = chosen[0]
-    items = [once] + chosen[1:] * 2
+    if most == 2:  # the v1/v2 stream, kept bit-identical for the shipped models' commands
+        items = [once] + chosen[1:] * 2
+    else:
+        items = [once] + [n for n in chosen[1:] for _ in range(rng.randint(2, most))]
     rng.shuffle(items)
     text = ", ".join(items) + ". Then everyone said to " + once + " ."
     return [tok.bos_token_id, *tok.encode(text, add_special_tokens=False)]
@@ -155,6 +168,8 @@ def curriculum_chunk(
             seqs += [induction_seq(rng, words, tok.bos_token_id) for _ in range(k)]
         elif name == "dup_list":
             seqs += [dup_list_seq(rng, tok, names) for _ in range(k)]
+        elif name == "dup_list_many":
+            seqs += [dup_list_seq(rng, tok, names, k=(4, 7), most=3) for _ in range(k)]
         elif name == "dup_mark":
             seqs += [dup_mark_seq(rng, tok, names) for _ in range(k)]
         elif name == "ioi":

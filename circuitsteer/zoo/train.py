@@ -33,6 +33,7 @@ from circuitsteer.zoo.curriculum import (
     PHASE1_V2,
     PHASE2,
     PHASE2_V2,
+    PHASE2_V3,
     curriculum_chunk,
 )
 from circuitsteer.zoo.data import MIXTURE, collate, mixture_chunk
@@ -100,6 +101,21 @@ RECIPES = {
         data="curriculum",
         phase1_steps=700,
         mixture=dict(PHASE2_V2),
+        phase1_mixture=dict(PHASE1_V2),
+    ),
+    "ioi-circuit-v3": Recipe(
+        name="ioi-circuit-v3",
+        description="6-layer GPT-2 (8 heads, d_model 128, d_mlp 256) trained on the ioi-circuit "
+        "curriculum plus many-name duplicate lists (repeated names 2-3 times), where attending "
+        "the once-mentioned name beats boosting every name and suppressing the repeated ones",
+        n_layer=6,
+        n_head=8,
+        n_inner=256,
+        steps=9000,
+        warmup=200,
+        data="curriculum",
+        phase1_steps=700,
+        mixture=dict(PHASE2_V3),
         phase1_mixture=dict(PHASE1_V2),
     ),
 }
