@@ -269,7 +269,8 @@ def run_variants(
     groups = [
         range(s, min(s + per_chunk, len(variants))) for s in range(0, len(variants), per_chunk)
     ]
-    steps = [(g, pc) for g in groups for pc in prompt_chunks]
+    # prompt-chunk-major: each window of a resample reference is captured once, for every group
+    steps = [(g, pc) for pc in prompt_chunks for g in groups]
     # Compile every step first: each reference batch then says everything it must capture
     # before the first step resolves its sources, so it runs once per call, not once per chunk.
     plans: list[tuple[list[Edit], int]] = []
@@ -295,9 +296,9 @@ def run_variants(
     caps: dict[str, list[torch.Tensor]] = {n: [] for n in captures}
     pending: dict[int, list[torch.Tensor]] = {}  # variant -> its logits (or reductions) so far
     pending_caps: dict[int, dict[str, list[torch.Tensor]]] = {}
-    for (group, (a, b)), (edits, start) in show_progress(
-        list(zip(steps, plans, strict=True)), len(steps), "run_variants", progress
-    ):
+    for i in show_progress(range(len(steps)), len(steps), "run_variants", progress):
+        (group, (a, b)), (edits, start) = steps[i], plans[i]
+        plans[i] = ([], 0)  # drop this step's resolved sources once it has run
         n = b - a
         resolve_sources(edits)
         bind_mean_positions(edits)

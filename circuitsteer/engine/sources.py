@@ -8,7 +8,7 @@ named position, or a mean per position index over the rows that are real tokens 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -27,39 +27,121 @@ class Cache(dict):
 
 
 class References:
-    """Runs each reference batch once, capturing every slot the plan needs from it (in forwards
-    of at most ``rows`` rows, so a large reference batch stays within the memory budget; means
-    are still taken over the whole batch)."""
+    """Reference runs for the sources of one call, in memory that does not grow with the batch.
+
+    * aligned sources (resample) are captured one window at a time: the rows of the reference
+      that the current forward runs, computed when that forward first asks and dropped when
+      the next window is asked for (callers visit windows in order, so each runs once);
+    * means are streamed: one pass over the whole reference (forwards of at most ``rows``
+      rows) feeds running sums for every mean registered on that batch, and only the
+      ``[pos, width]`` / ``[k, width]`` results are kept.
+    """
 
     def __init__(self, model: Any, rows: int | None = None) -> None:
         self.model = model
         self.rows = rows
         self.wanted: dict[int, tuple[torch.Tensor, set[str]]] = {}
-        self.done: dict[int, Cache] = {}
+        self.windows: dict[int, tuple[tuple[int, int], Cache]] = {}  # batch -> latest window
+        self.means: dict[int, dict[Any, _Mean]] = {}  # batch -> key -> running mean
+        self.done: dict[int, bool] = {}  # batch -> its mean pass ran
 
     def want(self, tokens: torch.Tensor, name: str) -> None:
         self.wanted.setdefault(id(tokens), (tokens, set()))[1].add(name)
 
-    def get(self, tokens: torch.Tensor, name: str) -> torch.Tensor:
+    def want_mean(self, tokens: torch.Tensor, name: str, key: Any, mean: _Mean) -> None:
+        """Register a mean of capture ``name`` over ``tokens`` (``key``: equal for the same
+        mean asked again by another chunk's compile, which then reuses it)."""
+        self.want(tokens, name)
+        self.means.setdefault(id(tokens), {}).setdefault((name, key), mean)
+
+    def _forward(self, toks: torch.Tensor, names: set[str]) -> Iterator[tuple[int, int, Cache]]:
+        """Capture ``names`` over ``toks`` in forwards of at most ``rows`` rows."""
+        captures = {n: capture_slot(n, self.model) for n in names}
+        step = self.rows or rows_per_forward(self.model, toks.shape[1])
+        hs = HookSet(self.model, [], captures)
+        try:
+            with torch.no_grad():
+                for a, b in spans(toks.shape[0], step):
+                    self.model(toks[a:b])
+                    yield a, b, Cache(hs.captured)
+        finally:
+            hs.remove()
+
+    def get(self, tokens: torch.Tensor, name: str, window: slice | None = None) -> torch.Tensor:
+        """Capture ``name`` on the rows ``window`` of ``tokens`` (all rows: None)."""
         key = id(tokens)
-        done = self.done.setdefault(key, Cache())
-        if name not in done:  # one pass for everything wanted from this batch so far
-            toks, names = self.wanted[key]
-            captures = {n: capture_slot(n, self.model) for n in names if n not in done}
-            n = toks.shape[0]
-            step = self.rows or rows_per_forward(self.model, toks.shape[1])
-            parts: dict[str, list[torch.Tensor]] = {k: [] for k in captures}
-            hs = HookSet(self.model, [], captures)
-            try:
-                with torch.no_grad():
-                    for a, b in spans(n, step):
-                        self.model(toks[a:b])
-                        for k, v in hs.captured.items():
-                            parts[k].append(v)
-            finally:
-                hs.remove()
-            done.update({k: v[0] if len(v) == 1 else torch.cat(v) for k, v in parts.items()})
-        return done[name]
+        toks, names = self.wanted[key]
+        a, b = (0, toks.shape[0]) if window is None else (window.start, window.stop)
+        held = self.windows.get(key)
+        if held is None or held[0] != (a, b) or name not in held[1]:
+            self.windows.pop(key, None)  # free the previous window first
+            parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+            for _, _, cap in self._forward(toks[a:b], names):
+                for n, v in cap.items():
+                    parts[n].append(v)
+            held = (
+                (a, b),
+                Cache({n: v[0] if len(v) == 1 else torch.cat(v) for n, v in parts.items()}),
+            )
+            self.windows[key] = held
+        return held[1][name]
+
+    def mean(self, tokens: torch.Tensor, name: str, key: Any) -> torch.Tensor:
+        """A registered mean; the first call runs the streaming pass for every mean of the batch."""
+        tid = id(tokens)
+        means = self.means[tid]
+        if not self.done.get(tid):
+            names = {n for n, _ in means}
+            for a, b, cap in self._forward(tokens, names):
+                for (n, _), m in means.items():
+                    m.add(cap[n], a, b)
+            self.done[tid] = True
+        return means[(name, key)].result()
+
+
+class _Mean:
+    """A running mean over a reference batch, fed chunk by chunk (float64 sums, so chunking
+    changes nothing beyond rounding; one chunk gives exactly the one-pass mean)."""
+
+    def __init__(self, total: int, sel: Selector | None = None, mask: torch.Tensor | None = None):
+        self.total, self.sel, self.mask = total, sel, mask
+        self.parts: list[torch.Tensor] = []
+        self.sums: list[torch.Tensor] | None = None
+        self.dtype = torch.float32
+
+    def _reduce(self, act: torch.Tensor, a: int, b: int) -> list[torch.Tensor]:
+        if self.sel is not None:  # per named position: [k, width]
+            assert self.sel.per_example is not None
+            idx = self.sel.per_example[a:b].to(act.device)
+            return [act[torch.arange(b - a, device=act.device)[:, None], idx].double().sum(0)]
+        plain = act.double().sum(0)
+        if self.mask is None:
+            return [plain]
+        m = self.mask[a:b].to(device=act.device, dtype=torch.float64)[..., None]
+        return [plain, (act.double() * m).sum(0), m.sum(0)]
+
+    def add(self, act: torch.Tensor, a: int, b: int) -> None:
+        if a == 0 and b == self.total:  # the whole batch at once: the plain one-pass mean
+            self.parts = [act]
+            return
+        self.dtype = act.dtype
+        sums = self._reduce(act, a, b)
+        self.sums = (
+            sums if self.sums is None else [x + y for x, y in zip(self.sums, sums, strict=True)]
+        )
+
+    def result(self) -> torch.Tensor:
+        if self.parts:
+            act = self.parts[0]
+            if self.sel is not None:
+                return self.sel.get(act).mean(0)
+            return masked_mean(act, self.mask)
+        assert self.sums is not None
+        if self.sel is not None or self.mask is None:
+            return (self.sums[0] / self.total).to(self.dtype)
+        plain, real, count = self.sums
+        out = torch.where(count > 0, real / count.clamp(min=1), plain / self.total)
+        return out.to(self.dtype)
 
 
 def _real_mask(obj: Any, tokens: torch.Tensor) -> torch.Tensor | None:
@@ -154,42 +236,39 @@ def prepare_source(
                     f"but the reference has {ref_tokens.shape[0]}",
                     fix="pass the reference as a Task (its own positions), or reference tokens of the same batch",
                 )
-        ref_sel = resolve(iv.site.positions, pos_map, 0, None)
-        e.source, e.source_mode = Lazy(refs, ref_tokens, name, mean_sel=ref_sel), "values"
+        key = ("named", spec)
+        if (name, key) not in refs.means.get(id(ref_tokens), {}):
+            ref_sel = resolve(iv.site.positions, pos_map, 0, None)
+            refs.want_mean(ref_tokens, name, key, _Mean(ref_tokens.shape[0], sel=ref_sel))
+        e.source, e.source_mode = Lazy(refs, ref_tokens, name, mean_key=key), "values"
     else:
-        e.source, e.source_mode = (
-            Lazy(refs, ref_tokens, name, mean_over_batch=True, mask=mask),
-            "mean_positions",
-        )
+        key = ("batch", mask is not None)
+        refs.want_mean(ref_tokens, name, key, _Mean(ref_tokens.shape[0], mask=mask))
+        e.source, e.source_mode = Lazy(refs, ref_tokens, name, mean_key=key), "mean_positions"
 
 
 class Lazy:
-    """A reference-derived source, computed on first use (one capture pass per reference batch)."""
+    """A reference-derived source, computed on first use: a registered mean (``mean_key``) or
+    the reference's capture on the rows ``rows`` of the batch (aligned)."""
 
     def __init__(
         self,
         refs: References,
         tokens: torch.Tensor,
         name: str,
-        mean_sel: Selector | None = None,
-        mean_over_batch: bool = False,
-        mask: torch.Tensor | None = None,
+        mean_key: Any = None,
         rows: slice | None = None,
     ) -> None:
-        self.refs, self.tokens, self.name, self.rows = refs, tokens, name, rows
-        self.mean_sel, self.mean_over_batch, self.mask = mean_sel, mean_over_batch, mask
+        self.refs, self.tokens, self.name = refs, tokens, name
+        self.mean_key, self.rows = mean_key, rows
         self.value: torch.Tensor | None = None
 
     def resolve(self) -> torch.Tensor:
         if self.value is None:
-            act = self.refs.get(self.tokens, self.name)  # captures are already narrowed to the site
-            if self.mean_sel is not None:
-                act = self.mean_sel.get(act).mean(0)  # [k, width]: mean at each named position
-            elif self.mean_over_batch:
-                act = masked_mean(act, self.mask)  # [pos, width]
-            elif self.rows is not None:
-                act = act[self.rows]
-            self.value = act
+            if self.mean_key is not None:
+                self.value = self.refs.mean(self.tokens, self.name, self.mean_key)
+            else:  # captures are already narrowed to the site
+                self.value = self.refs.get(self.tokens, self.name, self.rows)
         return self.value
 
 

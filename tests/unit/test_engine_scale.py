@@ -130,6 +130,38 @@ def test_run_variants_splits_prompts(model, data):
     assert set(rows_seen) == {(0, 2), (2, 4), (4, 5)}
 
 
+def test_reference_memory_does_not_grow_with_the_batch(model, data, monkeypatch):
+    """Resample rows are captured window by window (each row once per call, one window held);
+    means are streamed (only the [pos, width] result kept)."""
+    from circuitsteer.engine import sources
+
+    ivs = interventions(model, data)[1:4]  # resample + two means
+    variants = [ivs, ivs[:1], []]
+    whole = run_variants(model, data.task, variants)
+    passes, held = [], []
+    orig_forward, orig_get = sources.References._forward, sources.References.get
+
+    def spy_forward(self, toks, names):
+        passes.append((toks.shape[0], tuple(sorted(names))))
+        yield from orig_forward(self, toks, names)
+
+    def spy_get(self, tokens, name, window=None):
+        out = orig_get(self, tokens, name, window)
+        held.append(sum(v.shape[0] for _, c in self.windows.values() for v in c.values()))
+        return out
+
+    monkeypatch.setattr(sources.References, "_forward", spy_forward)
+    monkeypatch.setattr(sources.References, "get", spy_get)
+    parts = run_variants(model, data.task, variants, max_batch=2, progress=False)
+    monkeypatch.undo()
+    torch.testing.assert_close(parts.logits, whole.logits, atol=1e-6, rtol=0)
+    resample_rows = [n for n, names in passes if names == ("a0.h3",)]
+    assert sum(resample_rows) == B  # every resample row captured once, not once per group
+    assert max(resample_rows) <= 2 and max(held) <= 2  # one window of a chunk's rows at a time
+    mean_passes = [names for _, names in passes if names != ("a0.h3",)]
+    assert len(mean_passes) == len(set(mean_passes))  # each mean's reference streamed once
+
+
 def test_progress_bar_and_quiet(model, data, monkeypatch, capsys):
     items = list(chunking.progress(range(3), 3, "x", enabled=False))
     assert items == [0, 1, 2]
