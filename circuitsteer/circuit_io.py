@@ -1,7 +1,8 @@
 """Circuit files: write canonical JSON atomically, read JSON safely, find shipped circuits.
 
-``load_circuit("gpt2-small/ioi")`` resolves to ``circuits/gpt2-small/ioi.json`` in the
-repository (or ``circuitsteer/circuits/`` in an installed wheel); any other argument is a path.
+``load_circuit("gpt2-small/ioi")`` resolves to ``gpt2-small/ioi.json`` in the package's
+``_circuits/`` (the repository's ``circuits/`` folder, shipped in the wheel); any other
+argument is a path.
 Parsing and validation live in :mod:`circuitsteer.circuit_schema`.
 
 Example:
@@ -33,8 +34,8 @@ from circuitsteer.circuit_schema import (
 from circuitsteer.errors import CircuitFormatError
 from circuitsteer.graph import Circuit
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CIRCUIT_DIRS = (REPO_ROOT / "circuits", Path(__file__).resolve().parent / "circuits")
+# package data: a symlink to the repository's circuits/ in a checkout, real files in a wheel
+CIRCUIT_DIRS = (Path(__file__).resolve().parent / "_circuits",)
 
 
 def _node_to_dict(attrs: dict[str, Any]) -> dict[str, Any]:
