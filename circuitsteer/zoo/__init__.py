@@ -13,8 +13,8 @@ Load with ``circuitsteer.load_model("toy-ioi")``; re-measure with
 
 Example:
     >>> from circuitsteer.zoo.train import RECIPES
-    >>> sorted(RECIPES)
-    ['ioi-circuit', 'ioi-circuit-v1', 'toy-ioi']
+    >>> RECIPES["ioi-circuit"].n_head, RECIPES["toy-ioi"].n_head
+    (8, 4)
 """
 
 # what a zoo folder holds (train.py writes them; circuitsteer.models loads them)

@@ -470,6 +470,10 @@ def test_run_variants_reduce(model, data):
     variants = [[cs.Scale(cs.Site("m0"), f)] for f in (0.0, 1.0, 2.0)]
     out = run_variants(model, data.tokens, variants, reduce=lambda lg: lg[:, -1].max(-1).values)
     assert out.logits.shape == (3, B)
+    for k, ivs in enumerate(variants):  # by value: each row is that variant's own run, reduced
+        want = run(model, data.tokens, ivs)[0][:, -1].max(-1).values
+        torch.testing.assert_close(out.logits[k], want, atol=1e-6, rtol=0)
+    assert not torch.allclose(out.logits[0], out.logits[2])  # the variants differ
 
 
 # -- typed errors -----------------------------------------------------------------------------
