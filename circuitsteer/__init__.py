@@ -15,12 +15,17 @@ from circuitsteer import metrics as metrics
 from circuitsteer import nodes as nodes
 from circuitsteer import tasks as tasks
 from circuitsteer.circuit_io import shipped_circuits as shipped_circuits
+from circuitsteer.errors import AnalysisError as AnalysisError
+from circuitsteer.errors import CircuitFormatError as CircuitFormatError
 from circuitsteer.errors import CircuitSteerError as CircuitSteerError
 from circuitsteer.errors import InterventionError as InterventionError
 from circuitsteer.errors import ModelNotAvailableError as ModelNotAvailableError
 from circuitsteer.errors import NodeNameError as NodeNameError
 from circuitsteer.errors import PositionError as PositionError
 from circuitsteer.errors import ShapeMismatchError as ShapeMismatchError
+from circuitsteer.errors import TaskError as TaskError
+from circuitsteer.errors import UnsupportedArchitectureError as UnsupportedArchitectureError
+from circuitsteer.errors import UntrustedPickleError as UntrustedPickleError
 from circuitsteer.graph import Circuit as Circuit
 from circuitsteer.graph import CircuitEdge as CircuitEdge
 from circuitsteer.graph import full_edge_graph as full_edge_graph
@@ -35,8 +40,27 @@ from circuitsteer.models import Model as Model
 from circuitsteer.models import load_model as load_model
 from circuitsteer.models import random_gpt2 as random_gpt2
 from circuitsteer.models import random_model as random_model
+from circuitsteer.models import zoo_descriptions as zoo_descriptions
+from circuitsteer.models import zoo_names as zoo_names
 from circuitsteer.nodes import ModelShape as ModelShape
 from circuitsteer.nodes import parse_edge as parse_edge
 from circuitsteer.nodes import parse_node as parse_node
 
 __version__ = "0.1.0"
+
+__all__ = [
+    # modules
+    "analysis", "engine", "errors", "formats", "metrics", "nodes", "tasks",
+    # models
+    "Model", "ModelShape", "load_model", "random_gpt2", "random_model", "zoo_descriptions",
+    "zoo_names",
+    # names and circuits
+    "Circuit", "CircuitEdge", "full_edge_graph", "load_circuit", "parse_edge", "parse_node",
+    "shipped_circuits",
+    # interventions
+    "Ablate", "Add", "Patch", "ProjectOut", "Scale", "Site",
+    # typed errors (every one a CircuitSteerError)
+    "AnalysisError", "CircuitFormatError", "CircuitSteerError", "InterventionError",
+    "ModelNotAvailableError", "NodeNameError", "PositionError", "ShapeMismatchError", "TaskError",
+    "UnsupportedArchitectureError", "UntrustedPickleError",
+]  # fmt: skip

@@ -20,11 +20,11 @@ console = Console()
 @app.command()
 def models() -> None:
     """List the zoo models that load offline."""
-    from circuitsteer.models import _ZOO
+    import circuitsteer as cs
 
     table = Table("name", "description")
-    for name, entry in sorted(_ZOO.items()):
-        table.add_row(name, entry.description)
+    for name, description in cs.zoo_descriptions().items():
+        table.add_row(name, description)
     console.print(table)
 
 

@@ -172,7 +172,17 @@ def register_zoo(
 
 
 def zoo_names() -> list[str]:
+    """Names of the models that load offline (``load_model(name)``)."""
     return sorted(_ZOO)
+
+
+def zoo_descriptions() -> dict[str, str]:
+    """Zoo model name -> one-line description, sorted by name.
+
+    >>> "toy-ioi" in zoo_descriptions()
+    True
+    """
+    return {name: _ZOO[name].description for name in sorted(_ZOO)}
 
 
 def load_model(

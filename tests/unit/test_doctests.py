@@ -26,3 +26,40 @@ def test_doctests(name):
 
 def test_every_package_is_walked():
     assert "circuitsteer.engine.api" in MODULES and "circuitsteer.tasks.ioi" in MODULES
+
+
+def test_public_api_is_explicit_and_exports_every_error():
+    import inspect
+
+    from circuitsteer import errors
+
+    assert len(set(circuitsteer.__all__)) == len(circuitsteer.__all__)
+    missing = [n for n in circuitsteer.__all__ if not hasattr(circuitsteer, n)]
+    assert not missing, missing
+    typed = {
+        n
+        for n, c in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(c, errors.CircuitSteerError)
+    }
+    assert typed <= set(circuitsteer.__all__), typed - set(circuitsteer.__all__)
+
+
+def test_cli_uses_only_public_names():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(circuitsteer.__file__).with_name("cli.py").read_text())
+    private = [
+        (node.module, a.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("circuitsteer")
+        for a in node.names
+    ]
+    assert not private, f"cli.py imports from inside the package: {private}; use cs.<public name>"
+    used = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        and node.value.id == "cs"
+    }  # fmt: skip
+    assert used <= set(circuitsteer.__all__), used - set(circuitsteer.__all__)
