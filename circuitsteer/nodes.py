@@ -1,7 +1,7 @@
 """The one grammar of names: nodes, edges, channels, receivers and capture points; the edge
 rule and depth; and the mapping from names to TransformerLens hook points.
 
-Names (DESIGN.md): ``input``, ``a{L}.h{H}`` (attention head), ``m{L}`` (MLP), ``m{L}.n{i}``
+Names (docs/design.md): ``input``, ``a{L}.h{H}`` (attention head), ``m{L}`` (MLP), ``m{L}.n{i}``
 (MLP neuron), ``logits``, and residual sites ``resid_pre.{L}``, ``resid_mid.{L}``,
 ``resid_post.{L}``. Edges: ``src->dst``, with ``<q>``, ``<k>`` or ``<v>`` when ``dst`` is a head.
 Receivers (``Site(to=...)``): ``a9.h9``, ``a9.h9<q>``, ``m5``, ``logits``. Capture points:
