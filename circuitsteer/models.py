@@ -344,7 +344,7 @@ def _boot_bridge(hf: Any, tokenizer: Any, name: str) -> Any:
 # tokenizers and built-in zoo entries
 
 
-# GPT-2's BPE files (vocab.json/merges.txt of OpenAI's GPT-2 release, MIT, see LICENSE there)
+# GPT-2's BPE files (encoder.json/vocab.bpe of OpenAI's GPT-2 release, MIT, see LICENSE there)
 # ship inside the package, so the tokenizer loads offline wherever circuitsteer is installed
 GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "gpt2-tokenizer"
 
