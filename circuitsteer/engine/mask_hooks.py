@@ -1,0 +1,281 @@
+"""The forward hooks of a masked forward (:func:`circuitsteer.engine.masks.run_with_mask`) and
+of a recording of sender outputs (:func:`circuitsteer.engine.masks.sender_outputs`): senders'
+outputs go into one delta buffer, receivers' inputs get their mask-weighted deltas, and under
+grouped-query attention the heads whose k/v can change get their attention recomputed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from circuitsteer import edge_graph as eg
+from circuitsteer.engine.mask_autograd import MaskedSum, SenderGrads
+from circuitsteer.nodes import CHANNELS
+
+if TYPE_CHECKING:
+    from circuitsteer.engine.masks import EdgeMask
+
+
+class MaskHooks:
+    """Hooks for one masked forward (``mask`` given) or one recording of sender outputs."""
+
+    def __init__(self, model: Any, mask: EdgeMask | None, ref: list[torch.Tensor] | None) -> None:
+        self.model, self.arch, self.mask, self.ref = model, model.arch, mask, ref
+        self.blocks: list[torch.Tensor] = []  # recorded sender outputs, [n, B*P*d] each
+        self.outs: list[torch.Tensor] = []  # sender outputs of a masked forward (for autograd)
+        self.handles: list[Any] = []
+        self.diff: dict[int, torch.Tensor] = {}
+        self.buf: torch.Tensor | None = None
+        self.filled = 0
+        self.claimed = 0  # sender rows whose gradient a group already hands back
+        self.sgrads = SenderGrads()
+        s = model.shape
+        # grouped-query attention: per layer the attention kwargs, the q/k/v module outputs
+        # (q with its deltas, k/v clean) and each query head's own k/v delta [H, B, P, dh]
+        self.gqa = mask is not None and s.grouped_kv
+        self.attn_kw: dict[int, tuple[Any, Any]] = {}
+        self.proj: dict[tuple[int, str], torch.Tensor] = {}
+        self.kv_delta: dict[tuple[int, str], torch.Tensor] = {}
+        try:
+            self._pre("block", 0, self._input)
+            for L in range(s.n_layers):
+                if self.gqa:
+                    self._pre("attn", L, self._attn_kw(L))
+                self._pre("attn_out", L, self._heads(L))
+                if eg.has_mlps(s):
+                    self._post("mlp", L, self._mlp(L))
+                if mask is not None:
+                    self._pre("ln1", L, self._ln1(L))
+                    for role, chs in self.arch.qkv_modules().items():
+                        self._post(role, L, self._qkv(L, chs))
+                    if eg.has_mlps(s):
+                        self._pre("ln2", L, self._ln2(L))
+            if mask is not None:
+                self._pre("final_norm", None, self._final)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _pre(self, role: str, layer: int | None, fn: Any) -> None:
+        mod = self.model.module(self.arch.path(role, layer))
+        kw = role in ("block", "attn")
+        self.handles.append(mod.register_forward_pre_hook(fn, with_kwargs=kw))
+
+    def _post(self, role: str, layer: int, fn: Any) -> None:
+        self.handles.append(
+            self.model.module(self.arch.path(role, layer)).register_forward_hook(fn)
+        )
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    # -- senders ----------------------------------------------------------------------------
+    def _sender(self, out: torch.Tensor) -> None:
+        """``out`` ``[n, B*P*d]``: record it, or write its delta against the reference into the
+        forward's one preallocated buffer (without autograd, so no receiver concatenates)."""
+        if self.ref is None:
+            self.blocks.append(out)
+            return
+        assert self.buf is not None
+        a = self.filled
+        self.filled = a + out.shape[0]
+        with torch.no_grad():
+            torch.sub(self.ref[len(self.outs)], out, out=self.buf[a : self.filled])
+        self.outs.append(out)
+
+    def _input(self, module, args, kwargs):
+        self.blocks, self.outs, self.diff, self.buf, self.filled = [], [], {}, None, 0
+        self.claimed, self.sgrads = 0, SenderGrads()
+        self.attn_kw, self.proj, self.kv_delta = {}, {}, {}
+        x = args[0] if args else kwargs["hidden_states"]
+        if self.ref is not None:
+            n = sum(r.shape[0] for r in self.ref)
+            self.buf = torch.empty(n, x.numel(), dtype=x.dtype, device=x.device)
+        self._sender(x.reshape(1, -1))
+
+    def _heads(self, L: int):
+        s = self.model.shape
+        w_o = self.arch.out_rows(
+            self.model.module(self.arch.path("attn_out", L)), slice(0, s.n_heads * s.d_head)
+        ).reshape(s.n_heads, s.d_head, -1)
+
+        def hook(module, args):
+            z = args[0]
+            z_in = z
+            if self.gqa:
+                z = self._gqa_heads(L, z)
+            B, P = z.shape[:2]
+            zh = z.reshape(B * P, s.n_heads, s.d_head).transpose(0, 1)  # [H, BP, dh]
+            self._sender(torch.bmm(zh, w_o).reshape(s.n_heads, -1))
+            return None if z is z_in else (z, *args[1:])
+
+        return hook
+
+    def _attn_kw(self, L: int):
+        def hook(module, args, kwargs):
+            self.attn_kw[L] = (kwargs.get("position_embeddings"), kwargs.get("attention_mask"))
+
+        return hook
+
+    def _gqa_heads(self, L: int, z: torch.Tensor) -> torch.Tensor:
+        """``z`` with the attention of every query head whose k/v can differ from its group's
+        recomputed from its own k/v (the group's clean k/v plus the head's own delta)."""
+        assert self.mask is not None
+        s, arch = self.model.shape, self.arch
+        H, dh = s.n_heads, s.d_head
+        m = self.mask.tensors[f"a{L}"]
+        if torch.is_grad_enabled() and m.requires_grad:
+            heads = list(range(H))
+        else:
+            with torch.no_grad():
+                nz = (m[:, H:] != 0).any(0)
+                heads = (nz[:H] | nz[H:]).nonzero().flatten().tolist()
+        if not heads:
+            return z
+        B, P = z.shape[:2]
+        idx = torch.tensor(heads, device=z.device)
+
+        def stack(c: str) -> torch.Tensor:  # [n, B, P, dh]
+            out = self.proj[(L, c)]
+            t = torch.stack([out[..., arch.qkv_cols(c, h)] for h in heads])
+            d = self.kv_delta.get((L, c))
+            return t if d is None else t + d.index_select(0, idx)
+
+        pos_emb, amask = self.attn_kw[L]
+        q = arch.rotary(stack("q"), pos_emb)
+        k = arch.rotary(stack("k"), pos_emb)
+        v = stack("v")
+        scores = (q @ k.transpose(-1, -2)) * arch.attn_scale(
+            self.model.module(arch.path("attn", L))
+        )
+        if amask is None:
+            causal = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+        else:
+            am = amask[:, 0, :, -P:]
+            if am.dtype == torch.bool:
+                scores = scores.masked_fill(~am, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + am
+        sm_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+        zh = torch.softmax(scores, dim=-1, dtype=sm_dtype).to(v.dtype) @ v  # [n, B, P, dh]
+        z = z.clone()
+        z.view(B, P, H, dh)[:, :, heads] = zh.permute(1, 2, 0, 3)
+        return z
+
+    def _mlp(self, L: int):
+        def hook(module, args, out):
+            self._sender(out.reshape(1, -1))
+
+        return hook
+
+    # -- receivers --------------------------------------------------------------------------
+    def _delta(self, key: str, like: torch.Tensor) -> torch.Tensor:
+        """``[R, *like.shape]``: each receiver's mask-weighted sum of sender deltas."""
+        assert self.mask is not None and self.buf is not None
+        m = self.mask.tensors[key]
+        n = m.shape[0]
+        if torch.is_grad_enabled():
+            c = self.claimed
+            own = n > c  # the first group to read rows c:n hands back their gradient
+            outs, k = [], 0
+            for o in self.outs:
+                if k == n:
+                    break
+                if k >= c or not own:
+                    outs.append(o)
+                k += o.shape[0]
+            assert k == n, "a receiver group ends between a sender's rows"
+            if own:
+                self.claimed = n
+                D = MaskedSum.apply(m, self.buf[:n], self.sgrads, c, *outs)
+            else:
+                D = MaskedSum.apply(m, self.buf[:n], None, 0, *outs)
+        else:
+            D = m.T.to(self.buf.dtype) @ self.buf[:n]
+        return D.view(m.shape[1], *like.shape)
+
+    def _ln1(self, L: int):
+        ln = self.model.module(self.arch.path("ln1", L))
+
+        def hook(module, args):
+            x = args[0]
+            D = self._delta(f"a{L}", x)
+            # the change of each receiver's normalized input: exactly 0 where D is 0
+            self.diff[L] = (ln.forward(x.unsqueeze(0) + D) - ln.forward(x).unsqueeze(0)).flatten(
+                1, -2
+            )
+
+        return hook
+
+    def _qkv(self, L: int, channels: tuple[str, ...]):
+        s = self.model.shape
+        H, dh = s.n_heads, s.d_head
+        r0 = CHANNELS.index(channels[0]) * H
+        R = len(channels) * H
+        cols = torch.cat(
+            [
+                torch.arange(c.start, c.stop)
+                for ch in channels
+                for c in (self.arch.qkv_cols(ch, h) for h in range(H))
+            ]
+        )
+
+        # GPT-2's fused c_attn: the receivers' columns are the whole output, in order
+        whole = torch.equal(cols, torch.arange(len(cols)))
+        # contiguous columns: take the weights as a view (no index copy, no index backward)
+        c0 = int(cols[0])
+        span: Any = (
+            slice(c0, c0 + len(cols)) if torch.equal(cols - c0, torch.arange(len(cols))) else None
+        )
+
+        def hook(module, args, out):
+            idx = cols.to(out.device)
+            W = self.arch.in_cols(module, idx if span is None else span)
+            W = W.reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
+            contrib = torch.bmm(self.diff[L][r0 : r0 + R], W)  # [R, BP, dh]
+            if self.gqa:
+                return self._gqa_qkv(L, channels, out, idx, contrib)
+            contrib = contrib.transpose(0, 1).reshape(*out.shape[:-1], R * dh)
+            if whole and out.shape[-1] == len(cols):
+                return out + contrib  # the same sums as index_add, without its index copies
+            return out.index_add(-1, idx, contrib)
+
+        return hook
+
+    def _gqa_qkv(
+        self,
+        L: int,
+        channels: tuple[str, ...],
+        out: torch.Tensor,
+        idx: torch.Tensor,
+        contrib: torch.Tensor,
+    ) -> torch.Tensor:
+        """Grouped-query attention: q columns get their deltas as usual; k/v columns are shared
+        by a KV group, so they stay clean and each query head's own delta is kept apart."""
+        H, dh = self.model.shape.n_heads, self.model.shape.d_head
+        new = out
+        for i, ch in enumerate(channels):
+            part = contrib[i * H : (i + 1) * H]  # [H, BP, dh]
+            if ch == "q":
+                q_idx = idx[i * H * dh : (i + 1) * H * dh]
+                new = new.index_add(-1, q_idx, part.transpose(0, 1).reshape(*out.shape[:-1], -1))
+            else:
+                self.kv_delta[(L, ch)] = part.view(H, *out.shape[:-1], dh)
+        for ch in channels:
+            self.proj[(L, ch)] = new if ch == "q" else out
+        return new
+
+    def _ln2(self, L: int):
+        def hook(module, args):
+            x = args[0]
+            return (x + self._delta(f"m{L}", x)[0],)
+
+        return hook
+
+    def _final(self, module, args):
+        x = args[0]
+        return (x + self._delta("logits", x)[0],)
