@@ -14,6 +14,7 @@ from circuitsteer import formats as formats
 from circuitsteer import metrics as metrics
 from circuitsteer import nodes as nodes
 from circuitsteer import tasks as tasks
+from circuitsteer import vectors as vectors
 from circuitsteer.circuit_io import shipped_circuits as shipped_circuits
 from circuitsteer.errors import AnalysisError as AnalysisError
 from circuitsteer.errors import CircuitFormatError as CircuitFormatError
