@@ -13,7 +13,7 @@ import circuitsteer
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(circuitsteer.__path__, "circuitsteer.")
-    if m.name != "circuitsteer.__main__"
+    if not m.name.endswith("__main__")
 )
 
 
@@ -48,18 +48,21 @@ def test_cli_uses_only_public_names():
     import ast
     from pathlib import Path
 
-    tree = ast.parse(Path(circuitsteer.__file__).with_name("cli.py").read_text())
-    private = [
-        (node.module, a.name)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("circuitsteer")
-        for a in node.names
-    ]
-    assert not private, f"cli.py imports from inside the package: {private}; use cs.<public name>"
-    used = {
-        node.attr
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-        and node.value.id == "cs"
-    }  # fmt: skip
-    assert used <= set(circuitsteer.__all__), used - set(circuitsteer.__all__)
+    for path in sorted(Path(circuitsteer.__file__).with_name("cli").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        inside = [
+            (node.module, a.name)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("circuitsteer")
+            and not (node.module or "").startswith("circuitsteer.cli")
+            for a in node.names
+        ]
+        assert not inside, f"{path.name} imports from inside the package: {inside}; use cs.<name>"
+        used = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id == "cs"
+        }  # fmt: skip
+        assert used <= set(circuitsteer.__all__), (path.name, used - set(circuitsteer.__all__))

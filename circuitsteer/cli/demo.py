@@ -1,41 +1,25 @@
-"""The ``circuitsteer`` command line (typer).
-
-Example:
-    $ circuitsteer demo                 # IOI check on the bundled ioi-circuit model
-    $ circuitsteer models               # list zoo models
-"""
+"""``circuitsteer demo``: the IOI check on the bundled model (logit difference clean vs
+corrupted, and each head's resample-ablation effect)."""
 
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Circuit-targeted activation engineering."
-)
-console = Console()
+from circuitsteer.cli._app import app, console, friendly
 
 
 @app.command()
-def models() -> None:
-    """List the zoo models that load offline."""
-    import circuitsteer as cs
-
-    table = Table("name", "description")
-    for name, description in cs.zoo_descriptions().items():
-        table.add_row(name, description)
-    console.print(table)
-
-
-@app.command()
+@friendly
 def demo(
     model: str = typer.Option("ioi-circuit", help="zoo name, local HF folder or hub id"),
     n: int = typer.Option(200, help="IOI examples"),
     seed: int = typer.Option(0),
 ) -> None:
     """IOI check on the bundled model: logit difference clean vs ABC-corrupted, then the change
-    when each head is resample-ablated (its output taken from the corrupted prompt)."""
+    when each head is resample-ablated (its output taken from the corrupted prompt).
+
+    Example: ``circuitsteer demo --n 200``"""
     import time
 
     import torch
@@ -83,7 +67,3 @@ def demo(
     for layer in range(s.n_layers):
         grid.add_row(str(layer), *(f"{delta[layer, h]:+.2f}" for h in range(s.n_heads)))
     console.print(grid)
-
-
-if __name__ == "__main__":
-    app()
