@@ -28,7 +28,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -36,6 +38,7 @@ import torch
 
 from circuitsteer.engine import arch
 from circuitsteer.errors import ModelNotAvailableError, UnsupportedArchitectureError
+from circuitsteer.nodes import ModelShape
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 # eager attention: what the bridge switches to anyway, and what exposes attention patterns
@@ -160,15 +163,52 @@ class ZooEntry:
     name: str
     description: str
     build: Callable[[], tuple[Any, Any, str | None]]  # -> (hf model, tokenizer, path)
+    shape: Callable[[], ModelShape | None] | None = None  # the shape, without loading weights
 
 
 _ZOO: dict[str, ZooEntry] = {}
 
+# GPT-2 small as GPT2Config's defaults give it (the zoo's gpt2-small-shape too)
+GPT2_SMALL = ModelShape(
+    n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024
+)
+# hub models that shipped circuits name, known without downloading anything; attn-only-4l is
+# TransformerLens's (d_mlp 0 marks it attention-only)
+_HUB_SHAPES: dict[str, ModelShape] = {
+    "gpt2-small": GPT2_SMALL,
+    "gpt2": GPT2_SMALL,
+    "attn-only-4l": ModelShape(
+        n_layers=4, n_heads=8, d_model=512, d_head=64, d_mlp=0, d_vocab=48262, n_ctx=2048
+    ),
+}
+
 
 def register_zoo(
-    name: str, description: str, build: Callable[[], tuple[Any, Any, str | None]]
+    name: str,
+    description: str,
+    build: Callable[[], tuple[Any, Any, str | None]],
+    shape: Callable[[], ModelShape | None] | None = None,
 ) -> None:
-    _ZOO[name] = ZooEntry(name, description, build)
+    """Add a model ``load_model(name)`` builds offline; ``shape`` (cheap, no weights) lets
+    :func:`known_shape` and circuit files naming the model check against it."""
+    _ZOO[name] = ZooEntry(name, description, build, shape)
+
+
+def known_shape(name: object) -> ModelShape | None:
+    """The shape of a model known by name, without loading weights: a zoo model (from its
+    config.json) or a hub model the shipped circuits name; None for any other name.
+
+    Circuit files that name such a model are checked against this shape when they load.
+
+    >>> known_shape("toy-ioi").n_layers, known_shape("gpt2-small").n_heads, known_shape("mine")
+    (4, 12, None)
+    """
+    if not isinstance(name, str):
+        return None
+    entry = _ZOO.get(name)
+    if entry is not None and entry.shape is not None:
+        return entry.shape()
+    return _HUB_SHAPES.get(name)
 
 
 def zoo_names() -> list[str]:
@@ -495,6 +535,23 @@ def _gpt2_small_shape() -> tuple[Any, Any, str | None]:
     return hf, gpt2_tokenizer(), None
 
 
+@cache
+def _folder_shape(name: str) -> ModelShape | None:
+    """A zoo folder's shape from its config.json through its family's adapter (no weights, no
+    transformers import: the file is a complete save_pretrained config)."""
+    path = ZOO_DIR / name / "config.json"
+    if not path.exists():
+        return None
+    try:
+        cfg = SimpleNamespace(**json.loads(path.read_text()))
+        return arch.adapter_for(cfg, where=str(path)).shape
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ModelNotAvailableError(
+            f"{path} does not describe a model ({type(e).__name__}: {e})",
+            fix=f"reinstall circuitsteer, or retrain it: python -m circuitsteer.zoo.train {name}",
+        ) from None
+
+
 def _zoo_folder(name: str) -> Callable[[], tuple[Any, Any, str | None]]:
     def build() -> tuple[Any, Any, str | None]:
         path = ZOO_DIR / name
@@ -514,6 +571,12 @@ register_zoo(
     "GPT-2 small's architecture with seeded random weights (seed 0) and "
     "GPT-2's tokenizer (bundled)",
     _gpt2_small_shape,
+    shape=lambda: GPT2_SMALL,
 )
 for _name in sorted({"toy-ioi", *(d.parent.name for d in ZOO_DIR.glob("*/config.json"))}):
-    register_zoo(_name, f"bundled trained model {_name} (see its card.json)", _zoo_folder(_name))
+    register_zoo(
+        _name,
+        f"bundled trained model {_name} (see its card.json)",
+        _zoo_folder(_name),
+        shape=lambda name=_name: _folder_shape(name),
+    )

@@ -42,6 +42,10 @@ NodeKind = Literal["input", "head", "mlp", "neuron", "resid", "logits"]
 Channel = Literal["q", "k", "v"]
 CHANNELS: tuple[Channel, ...] = ("q", "k", "v")
 RESID_KINDS = ("resid_pre", "resid_mid", "resid_post")
+# the kinds an edge of the edge graph runs from and to (neurons and residual sites are sites, not
+# edge ends)
+SENDER_KINDS = ("input", "head", "mlp")
+RECEIVER_KINDS = ("head", "mlp", "logits")
 
 _NAME_HELP = (
     "use 'input', 'logits', 'a{L}.h{H}' (head), 'm{L}' (MLP), 'm{L}.n{i}' (neuron), "
@@ -214,25 +218,28 @@ def make_edge(
     src: Node, dst: Node, channel: str | None = None, shape: ModelShape | None = None
 ) -> Edge:
     """Build a validated Edge from parsed nodes (the edge rule of ``shape``'s architecture when
-    given, else the sequential-residual rule)."""
+    given, else the sequential-residual rule). Messages name the whole edge, channel included."""
     if channel is not None and channel not in CHANNELS:
         raise NodeNameError(
-            f"unknown channel <{channel}> in edge {src.name}->{dst.name}", fix="use <q>, <k> or <v>"
+            f"unknown channel {channel!r} in edge {_label(src, dst, channel)}",
+            fix="use <q>, <k> or <v>",
         )
     if channel is not None and dst.kind != "head":
         raise NodeNameError(
-            f"channel <{channel}> on edge {src.name}->{dst.name}, but {dst.name} is not a head",
+            f"channel {channel!r} on edge {_label(src, dst, channel)}, but {dst.name} is not a "
+            "head (the channel does not fit the receiver)",
             fix="drop the channel: only heads read q, k and v",
         )
-    if src.kind in ("logits", "resid", "neuron") or dst.kind in ("input", "resid", "neuron"):
+    if src.kind not in SENDER_KINDS or dst.kind not in RECEIVER_KINDS:
         raise NodeNameError(
-            f"edge {src.name}->{dst.name} joins nodes that are not circuit nodes",
+            f"edge {_label(src, dst, channel)} does not run from a sender to a receiver (neurons "
+            "and residual sites are not circuit nodes)",
             fix="edges run from 'input', heads or MLPs to heads, MLPs or 'logits'",
         )
     if not feeds(src, dst, shape):
         parallel = shape is not None and shape.parallel_residual
         raise NodeNameError(
-            f"edge {src.name}->{dst.name} points backwards (or sideways) in depth"
+            f"edge {_label(src, dst, channel)} points backwards (or sideways) in depth"
             + (
                 " (with a parallel residual, heads do not feed their own layer's MLP)"
                 if parallel
@@ -242,6 +249,11 @@ def make_edge(
             "feed MLP L, unless the residual is parallel, and everything in later layers)",
         )
     return Edge(src=src, dst=dst, channel=channel)  # type: ignore[arg-type]
+
+
+def _label(src: Node, dst: Node, channel: str | None) -> str:
+    """The edge's name for a message (also with a channel the grammar refuses)."""
+    return f"{src.name}->{dst.name}" + (f"<{channel}>" if channel is not None else "")
 
 
 def format_edge(src: str | Node, dst: str | Node, channel: str | None = None) -> str:
@@ -274,6 +286,16 @@ def depth(node: Node, shape: ModelShape | None = None) -> float:
 def feeds(src: Node, dst: Node, shape: ModelShape | None = None) -> bool:
     """True when ``dst`` reads ``src``'s output (directly, through the residual stream)."""
     return depth(src, shape) < depth(dst, shape)
+
+
+def is_edge(src: Node, dst: Node, shape: ModelShape | None = None) -> bool:
+    """True when ``src->dst`` is an edge of the model's edge graph: a sender kind, a receiver
+    kind, and ``src`` feeds ``dst`` (what :func:`make_edge` accepts, without raising).
+
+    >>> is_edge(parse_node("a3.h0"), parse_node("m3")), is_edge(parse_node("m3"), parse_node("a3.h0"))
+    (True, False)
+    """
+    return src.kind in SENDER_KINDS and dst.kind in RECEIVER_KINDS and feeds(src, dst, shape)
 
 
 def validate_node(node: str | Node, shape: ModelShape) -> Node:
