@@ -8,6 +8,7 @@ Example:
 """
 
 from circuitsteer import analysis as analysis
+from circuitsteer import circuit as circuit
 from circuitsteer import engine as engine
 from circuitsteer import errors as errors
 from circuitsteer import formats as formats
@@ -15,7 +16,11 @@ from circuitsteer import metrics as metrics
 from circuitsteer import nodes as nodes
 from circuitsteer import tasks as tasks
 from circuitsteer import vectors as vectors
-from circuitsteer.circuit_io import shipped_circuits as shipped_circuits
+from circuitsteer.circuit import Circuit as Circuit
+from circuitsteer.circuit import CircuitEdge as CircuitEdge
+from circuitsteer.circuit import full_edge_graph as full_edge_graph
+from circuitsteer.circuit import load_circuit as load_circuit
+from circuitsteer.circuit import shipped_circuits as shipped_circuits
 from circuitsteer.errors import AnalysisError as AnalysisError
 from circuitsteer.errors import CircuitFormatError as CircuitFormatError
 from circuitsteer.errors import CircuitSteerError as CircuitSteerError
@@ -27,10 +32,6 @@ from circuitsteer.errors import ShapeMismatchError as ShapeMismatchError
 from circuitsteer.errors import TaskError as TaskError
 from circuitsteer.errors import UnsupportedArchitectureError as UnsupportedArchitectureError
 from circuitsteer.errors import UntrustedPickleError as UntrustedPickleError
-from circuitsteer.graph import Circuit as Circuit
-from circuitsteer.graph import CircuitEdge as CircuitEdge
-from circuitsteer.graph import full_edge_graph as full_edge_graph
-from circuitsteer.graph import load_circuit as load_circuit
 from circuitsteer.interventions import Ablate as Ablate
 from circuitsteer.interventions import Add as Add
 from circuitsteer.interventions import Patch as Patch
@@ -51,7 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "analysis", "engine", "errors", "formats", "metrics", "nodes", "tasks",
+    "analysis", "circuit", "engine", "errors", "formats", "metrics", "nodes", "tasks",
     # models
     "Model", "ModelShape", "load_model", "random_gpt2", "random_model", "zoo_descriptions",
     "zoo_names",

@@ -11,8 +11,9 @@ residual has 32,347.
 A model with ``d_mlp == 0`` is treated as attention-only (no MLP nodes), as in
 TransformerLens's ``attn-only-*`` models.
 
-Nothing here knows about :class:`~circuitsteer.graph.Circuit`; it works on node names so the
-importers and the circuit class can share it.
+Nothing here knows about :class:`~circuitsteer.circuit.Circuit`: it works on node names, so the
+engine's dense edge masks and the circuit package share it (it sits beside :mod:`circuitsteer.nodes`,
+below both). Which edges exist is :func:`circuitsteer.nodes.is_edge`; nothing here re-states it.
 
 Example:
     >>> from circuitsteer.nodes import ModelShape
@@ -28,15 +29,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 
-from circuitsteer.nodes import CHANNELS, ModelShape, Node, feeds, head, mlp, parse_node
+from circuitsteer.nodes import CHANNELS, ModelShape, head, is_edge, mlp, parse_node
 
 EdgeKey = tuple[str, str, str | None]  # (src, dst, channel)
 Positions = tuple[int | str, ...]
-
-SENDER_KINDS = ("input", "head", "mlp")
-RECEIVER_KINDS = ("head", "mlp", "logits")
 
 
 def has_mlps(shape: ModelShape) -> bool:
@@ -91,6 +90,7 @@ def count_full_edges(shape: ModelShape) -> int:
     return total + 1 + shape.n_layers * (h + m)
 
 
+@lru_cache(maxsize=65536)  # sorting 32k edges asks for the same ~160 nodes over and over
 def node_key(name: str) -> tuple[float, int]:
     """Sort key: forward order, then head index."""
     n = parse_node(name)
@@ -103,14 +103,6 @@ def edge_key(src: str, dst: str, channel: str | None) -> tuple:
     return (node_key(dst), ch, node_key(src))
 
 
-def is_sender(node: Node) -> bool:
-    return node.kind in SENDER_KINDS
-
-
-def is_receiver(node: Node) -> bool:
-    return node.kind in RECEIVER_KINDS
-
-
 def implied_edges(nodes: Iterable[str], shape: ModelShape | None = None) -> list[EdgeKey]:
     """Every edge of the full edge graph whose two ends are both in ``nodes`` (canonical order;
     the edge rule of ``shape``'s architecture when given).
@@ -121,13 +113,9 @@ def implied_edges(nodes: Iterable[str], shape: ModelShape | None = None) -> list
     parsed = sorted({parse_node(n) for n in nodes}, key=lambda n: (n.depth(), n.head or 0))
     out: list[EdgeKey] = []
     for dst in parsed:
-        if not is_receiver(dst):
-            continue
         channels: Sequence[str | None] = CHANNELS if dst.kind == "head" else (None,)
         for ch in channels:
-            for src in parsed:
-                if is_sender(src) and feeds(src, dst, shape):
-                    out.append((src.name, dst.name, ch))
+            out += [(src.name, dst.name, ch) for src in parsed if is_edge(src, dst, shape)]
     return out
 
 
@@ -147,28 +135,3 @@ def edge_positions(
     if channel in ("k", "v"):
         return src_positions
     return dst_positions
-
-
-def expand_rules(
-    rules: Sequence[dict],
-    resolve: Callable[[str], Iterable[str]],
-    shape: ModelShape | None = None,
-) -> list[EdgeKey]:
-    """Expand class-level wiring rules into edges (canonical order, no duplicates).
-
-    Each rule is ``{"src": [selector, ...], "dst": [selector, ...], "channels": ["q", ...]}``;
-    ``resolve(selector)`` returns node names. Only pairs that point forward in depth are kept;
-    ``channels`` (default q, k, v) applies to head receivers only.
-    """
-    seen: dict[EdgeKey, None] = {}
-    for rule in rules:
-        srcs = [parse_node(n) for sel in rule["src"] for n in resolve(sel)]
-        dsts = [parse_node(n) for sel in rule["dst"] for n in resolve(sel)]
-        channels = tuple(rule.get("channels") or CHANNELS)
-        for s in srcs:
-            for d in dsts:
-                if not (is_sender(s) and is_receiver(d) and feeds(s, d, shape)):
-                    continue
-                for ch in channels if d.kind == "head" else (None,):
-                    seen[(s.name, d.name, ch)] = None
-    return sorted(seen, key=lambda e: edge_key(*e))

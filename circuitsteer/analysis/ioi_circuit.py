@@ -95,7 +95,7 @@ def find_ioi_circuit(
     best score on repeated random tokens (induction, duplicate token, previous token). The
     circuit's head-to-head edges are exactly the paths found (with their share as the score).
     """
-    from circuitsteer.graph import Circuit
+    from circuitsteer.circuit import Circuit
     from circuitsteer.tasks import ioi
 
     if task is None:

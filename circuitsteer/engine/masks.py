@@ -195,25 +195,15 @@ class EdgeMask:
         cls, model: Any, circuit: Any, inside: float = 0.0, outside: float = 1.0
     ) -> EdgeMask:
         """The mask that runs ``circuit``: its edges ``inside`` (0: clean), every other edge
-        ``outside`` (1: patched). Edge positions are ignored (the mask acts at all positions)."""
-        mask = cls(model, value=outside)
-        for src, dst, ch in circuit.edge_keys():
-            mask[src, dst, ch] = inside
-        return mask
+        ``outside`` (1: patched); ``circuit.to_mask(model)``, which this calls."""
+        return circuit.to_mask(model, inside=inside, outside=outside)
 
     def to_circuit(self, threshold: float = 0.5, name: str = "from-mask", model: Any = None) -> Any:
         """The circuit of the edges whose value is below ``threshold`` (the edges left clean),
-        with their end nodes."""
-        from circuitsteer.graph import Circuit
+        with their end nodes: ``Circuit.from_mask(mask)``, which this calls."""
+        from circuitsteer.circuit import Circuit  # the circuit layer sits above the engine
 
-        c = Circuit(name, model=model, shape=self.shape)
-        for (src, dst, ch), v in self.edges():
-            if v < threshold:
-                for n in (src, dst):
-                    if n not in c:
-                        c.add_node(n)
-                c.add_edge(src, dst, channel=ch)
-        return c
+        return Circuit.from_mask(self, threshold, name=name, model=model)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 from circuitsteer.analysis.heads import head_scores
 from circuitsteer.analysis.ioi_circuit import faithfulness_mean_ablation, find_ioi_circuit
-from circuitsteer.circuit_io import CIRCUIT_DIRS
+from circuitsteer.circuit import CIRCUIT_DIRS
 from circuitsteer.models import load_model
 from circuitsteer.tasks import ioi
 from circuitsteer.zoo.evaluate import EVAL_SEED

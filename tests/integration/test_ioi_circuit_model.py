@@ -10,7 +10,7 @@ import json
 import pytest
 
 from circuitsteer.analysis.ioi_circuit import faithfulness_mean_ablation, find_ioi_circuit
-from circuitsteer.graph import load_circuit
+from circuitsteer.circuit import load_circuit
 from circuitsteer.models import ZOO_DIR, load_model
 from circuitsteer.tasks import ioi
 from circuitsteer.zoo import FOLDER_FILES

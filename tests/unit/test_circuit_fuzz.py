@@ -10,11 +10,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from circuitsteer.circuit_io import dumps_circuit, loads_circuit, resolve_circuit
-from circuitsteer.circuit_schema import circuit_from_dict
+from circuitsteer.circuit import Circuit, dumps_circuit, loads_circuit, resolve_circuit
 from circuitsteer.errors import CircuitSteerError
 from circuitsteer.formats import from_acdc, from_auto_circuit, from_eap_ig, from_heads
-from circuitsteer.graph import Circuit
+
+circuit_from_dict = Circuit.from_dict
 
 IOI_TEXT = resolve_circuit("gpt2-small/ioi").read_text(encoding="utf-8")
 IOI = json.loads(IOI_TEXT)

@@ -10,8 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from circuitsteer.circuit_io import load_circuit, loads_circuit
-from circuitsteer.circuit_schema import SCHEMA, circuit_from_dict
+from circuitsteer.circuit import SCHEMA, Circuit, load_circuit, loads_circuit
 from circuitsteer.errors import CircuitFormatError, ShapeMismatchError, UntrustedPickleError
 from circuitsteer.formats import (
     from_acdc,
@@ -29,8 +28,9 @@ from circuitsteer.formats import (
     to_heads,
     write_eap_ig,
 )
-from circuitsteer.graph import Circuit
 from circuitsteer.nodes import ModelShape
+
+circuit_from_dict = Circuit.from_dict
 
 TOY = ModelShape(n_layers=4, n_heads=4, d_model=128, d_head=32, d_mlp=512, d_vocab=200)
 

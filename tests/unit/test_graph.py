@@ -12,12 +12,19 @@ import pandas as pd
 import pytest
 
 from circuitsteer import edge_graph as eg
-from circuitsteer.circuit_io import dumps_circuit, load_circuit, resolve_circuit, shipped_circuits
-from circuitsteer.circuit_schema import known_shape
+from circuitsteer.circuit import (
+    Circuit,
+    dumps_circuit,
+    full_edge_graph,
+    load_circuit,
+    resolve_circuit,
+    shipped_circuits,
+    wire,
+    wired_edges,
+)
 from circuitsteer.errors import CircuitFormatError, NodeNameError, ShapeMismatchError
-from circuitsteer.graph import Circuit, full_edge_graph
+from circuitsteer.models import known_shape
 from circuitsteer.nodes import ModelShape
-from circuitsteer.wiring import wire, wired_edges
 
 GPT2 = ModelShape(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257)
 ATTN_ONLY_4L = ModelShape(n_layers=4, n_heads=8, d_model=512, d_head=64, d_mlp=0, d_vocab=48262)
@@ -332,13 +339,11 @@ def test_building_api_errors():
 def test_validate_catches_cycles_and_bad_direct_edits():
     c = Circuit("edited")
     c.add_edge("a0.h0", "a1.h0", "q")
-    c.graph.add_edge(
-        "a1.h0", "a0.h0", channels={"q": {"positions": None, "score": None, "meta": {}}}
-    )
+    c.graph.add_edge("a1.h0", "a0.h0", "q", positions=None, score=None, meta={})
     with pytest.raises(CircuitFormatError, match="cycle"):
         c.validate()
     c.graph.remove_edge("a1.h0", "a0.h0")
-    c.graph.add_edge("a1.h0", "m1", channels={"q": {}})
+    c.graph.add_edge("a1.h0", "m1", "q")
     c.graph.nodes["m1"].update(kind="mlp", layer=1, head=None)
     with pytest.raises(CircuitFormatError, match="channel does not fit"):
         c.validate()
@@ -367,17 +372,22 @@ def test_draw_writes_png_and_svg(ioi, tmp_path):
 @pytest.mark.parametrize(
     "module",
     [
-        "graph",
-        "circuit_parts",
+        "circuit",
+        "circuit._graph",
+        "circuit._parts",
         "edge_graph",
-        "circuit_io",
-        "circuit_schema",
-        "wiring",
+        "circuit._io",
+        "circuit._files",
+        "circuit._json",
+        "circuit._schema",
+        "circuit._wiring",
+        "circuit._mask",
         "formats",
-        "formats.acdc",
-        "formats.eap_ig",
-        "formats.auto_circuit",
-        "formats.heads",
+        "circuit.formats",
+        "circuit.formats.acdc",
+        "circuit.formats.eap_ig",
+        "circuit.formats.auto_circuit",
+        "circuit.formats.heads",
     ],
 )
 def test_docstring_examples(module):

@@ -202,9 +202,9 @@ def test_mask_gradients_match_finite_differences(key, toks):
 def test_circuit_round_trip(toks):
     m = build("gpt2")
     s = m.shape
-    full = cs.graph.full_edge_graph(s)
+    full = cs.full_edge_graph(s)
     assert len(EdgeMask.from_circuit(m, full).to_circuit().edges) == len(full.edges)
-    c = cs.graph.Circuit("small", shape=s)
+    c = cs.Circuit("small", shape=s)
     for n in ("input", "a0.h1", "a2.h3", "m1", "logits"):
         c.add_node(n)
     for e in [("input", "a0.h1", "q"), ("a0.h1", "a2.h3", "k"), ("a2.h3", "logits", None)]:

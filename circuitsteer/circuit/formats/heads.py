@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from circuitsteer.circuit._graph import Circuit
 from circuitsteer.errors import CircuitFormatError
-from circuitsteer.graph import Circuit
 from circuitsteer.nodes import head as head_name
 
 _TOKEN = re.compile(r"(?:a)?(\d{1,6})\.(?:h)?(\d{1,6})")

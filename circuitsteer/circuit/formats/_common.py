@@ -11,7 +11,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from circuitsteer.circuit_io import loads_json
+from circuitsteer.circuit._json import loads_json
 from circuitsteer.errors import CircuitFormatError, UntrustedPickleError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth")

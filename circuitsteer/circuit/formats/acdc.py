@@ -33,9 +33,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from circuitsteer.circuit._graph import Circuit
+from circuitsteer.circuit._parts import graph_key
+from circuitsteer.circuit.formats._common import read_input
 from circuitsteer.errors import CircuitFormatError, NodeNameError
-from circuitsteer.formats._common import read_input
-from circuitsteer.graph import Circuit
 from circuitsteer.nodes import Node, node_from_tl_hook, tl_hook
 
 Row = tuple[str, tuple[int | None, ...], str, tuple[int | None, ...], Any]
@@ -217,12 +218,7 @@ def from_acdc(
             continue
         dst, channel = _node(child, ci, n, True, where)
         src, _ = _node(parent, pi, n, False, where)
-        chans = (
-            c.graph.edges[src.name, dst.name]["channels"]
-            if c.graph.has_edge(src.name, dst.name)
-            else {}
-        )
-        if channel in chans:
+        if c.graph.has_edge(src.name, dst.name, graph_key(channel)):
             if _EMBED.fullmatch(parent):
                 continue  # hook_embed and hook_pos_embed are both 'input' here
             raise CircuitFormatError(f"{where}: duplicate edge", fix="list each edge once")

@@ -1,15 +1,15 @@
-"""Circuits as graphs: typed nodes and edges in a ``networkx.DiGraph``.
+"""Circuits as graphs: typed nodes and q/k/v edges in a ``networkx.MultiDiGraph``.
 
 Representation (docs/formats.md has the JSON side):
 
 * ``circuit.graph`` nodes are node names (``input``, ``a9.h9``, ``m3``, ``logits``) with the
   attributes ``kind``, ``layer``, ``head``, ``class``, ``positions`` (tuple or None = all),
   ``score`` (float or None) and ``meta`` (dict).
-* One DiGraph edge per (sender, receiver) pair. A head reads a sender through up to three
-  channels, so the edge attribute ``channels`` maps each channel (``"q"``/``"k"``/``"v"``, or
-  ``None`` for MLP and logits receivers) to ``{"positions", "score", "meta"}``. networkx
-  queries (ancestors, descendants, paths) therefore see components, while ``circuit.edges``
-  yields one :class:`CircuitEdge` per (src, dst, channel).
+* One graph edge per (sender, receiver, channel), keyed by the channel: ``"q"``, ``"k"`` or
+  ``"v"`` into a head; an MLP or ``logits`` receiver has one edge per sender under networkx's
+  default key ``0``. Edge attributes: ``positions``, ``score``, ``meta`` (None when empty).
+  networkx queries (ancestors, descendants, paths) see the components; ``circuit.edges``
+  yields one :class:`CircuitEdge` per edge.
 
 Example:
     >>> c = Circuit("toy", model="gpt2-small")
@@ -17,8 +17,8 @@ Example:
     'a5.h5->a7.h3<k>'
     >>> c.add_edge("a5.h5", "a7.h3", "v")
     'a5.h5->a7.h3<v>'
-    >>> [e.name for e in c.edges]
-    ['a5.h5->a7.h3<k>', 'a5.h5->a7.h3<v>']
+    >>> [e.name for e in c.edges], sorted(c.graph.edges(keys=True))
+    (['a5.h5->a7.h3<k>', 'a5.h5->a7.h3<v>'], [('a5.h5', 'a7.h3', 'k'), ('a5.h5', 'a7.h3', 'v')])
     >>> sorted(c.upstream("a7.h3"))
     ['a5.h5']
 """
@@ -26,32 +26,38 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import networkx as nx
 
 from circuitsteer import edge_graph as eg
-from circuitsteer.circuit_parts import (
-    CIRCUIT_KINDS,
-    MAX_INDEX,
+from circuitsteer.circuit import _checks, _derive, _draw, _io, _mask
+from circuitsteer.circuit._parts import (
+    NO_CHANNEL,
     CircuitEdge,
+    add_keyed_edges,
     as_positions,
     as_score,
+    channel_of,
+    circuit_edge,
     circuit_node,
     clone,
-    clone_graph,
-    parse_circuit_edge,
+    edge_data,
+    graph_key,
+    node_attrs,
 )
 from circuitsteer.errors import CircuitFormatError, ShapeMismatchError
-from circuitsteer.nodes import CHANNELS, ModelShape, feeds, make_edge, parse_node, validate_node
+from circuitsteer.models import known_shape
+from circuitsteer.nodes import ModelShape
 
 
 class Circuit:
     """A circuit: typed nodes and q/k/v edges of one model, with provenance.
 
     ``shape`` is the model shape the circuit was defined for (looked up from ``model`` when it
-    names a known model, e.g. ``gpt2-small``); ``metadata`` is free-form JSON.
+    names a known model: a zoo model or ``gpt2-small``, see ``models.known_shape``);
+    ``metadata`` is free-form JSON.
     """
 
     def __init__(
@@ -63,14 +69,12 @@ class Circuit:
         shape: ModelShape | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
-        from circuitsteer.circuit_schema import known_shape
-
         self.name = name
         self.model = model
         self.source = source
         self.shape = shape if shape is not None else known_shape(model)
         self.metadata: dict[str, Any] = clone(dict(metadata or {}))
-        self.graph: nx.DiGraph = nx.DiGraph()
+        self.graph: nx.MultiDiGraph = nx.MultiDiGraph()
 
     # -- building -------------------------------------------------------------------------
     def add_node(
@@ -88,16 +92,16 @@ class Circuit:
         'a9.h9'
         """
         n = circuit_node(name)
-        attrs = self.graph.nodes[n.name] if n.name in self.graph else {}
+        old = self.graph.nodes[n.name] if n.name in self.graph else {}
         self.graph.add_node(
             n.name,
-            kind=n.kind,
-            layer=n.layer,
-            head=n.head,
-            **{"class": cls if cls is not None else attrs.get("class")},
-            positions=as_positions(positions) if positions is not None else attrs.get("positions"),
-            score=as_score(score) if score is not None else attrs.get("score"),
-            meta=dict(meta) if meta is not None else attrs.get("meta", {}),
+            **node_attrs(
+                n,
+                cls if cls is not None else old.get("class"),
+                as_positions(positions) if positions is not None else old.get("positions"),
+                as_score(score) if score is not None else old.get("score"),
+                dict(meta) if meta is not None else old.get("meta"),
+            ),
         )
         return n.name
 
@@ -118,12 +122,7 @@ class Circuit:
         Raises ``NodeNameError`` for malformed or backward edges and ``CircuitFormatError``
         for a missing channel, an undeclared end (with ``add_nodes=False``) or a duplicate.
         """
-        e = make_edge(circuit_node(src), circuit_node(dst), channel)
-        if e.dst.kind == "head" and channel is None:
-            raise CircuitFormatError(
-                f"edge {e.name} enters head {e.dst.name} without a channel",
-                fix="add one edge per channel read: '<q>', '<k>' or '<v>'",
-            )
+        e = circuit_edge(src, dst, channel)
         for end in (e.src.name, e.dst.name):
             if end not in self.graph:
                 if not add_nodes:
@@ -132,28 +131,24 @@ class Circuit:
                         fix=f"add {end!r} to the circuit's nodes",
                     )
                 self.add_node(end)
-        if not self.graph.has_edge(e.src.name, e.dst.name):
-            self.graph.add_edge(e.src.name, e.dst.name, channels={})
-        chans = self.graph.edges[e.src.name, e.dst.name]["channels"]
-        if channel in chans and not replace:
+        key = graph_key(channel)
+        if self.graph.has_edge(e.src.name, e.dst.name, key) and not replace:
             raise CircuitFormatError(
                 f"duplicate edge {e.name}", fix="list each (src, dst, channel) once"
             )
-        chans[channel] = {
-            "positions": as_positions(positions),
-            "score": as_score(score),
-            "meta": dict(meta or {}),
-        }
+        self.graph.add_edge(
+            e.src.name,
+            e.dst.name,
+            key,
+            **edge_data(as_positions(positions), as_score(score), dict(meta or {})),
+        )
         return e.name
 
     def remove_node(self, name: str) -> None:
         self.graph.remove_node(name)
 
     def remove_edge(self, src: str, dst: str, channel: str | None = None) -> None:
-        chans = self.graph.edges[src, dst]["channels"]
-        del chans[channel]
-        if not chans:
-            self.graph.remove_edge(src, dst)
+        self.graph.remove_edge(src, dst, graph_key(channel))
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -164,18 +159,22 @@ class Circuit:
     def heads(self) -> list[str]:
         return self.nodes_by_kind("head")
 
-    @property
-    def edges(self) -> list[CircuitEdge]:
-        """One item per (src, dst, channel), in canonical order (by receiver, channel, sender)."""
+    @staticmethod
+    def _records(edges: Iterable[tuple[str, str, Any, dict]]) -> list[CircuitEdge]:
+        """Graph edges as records in canonical order (by receiver, channel, sender)."""
         out = [
-            CircuitEdge(u, v, ch, d["positions"], d["score"], d["meta"])
-            for u, v, chans in self.graph.edges(data="channels")
-            for ch, d in chans.items()
+            CircuitEdge(u, v, channel_of(k), d["positions"], d["score"], d["meta"] or {})
+            for u, v, k, d in edges
         ]
         return sorted(out, key=lambda e: eg.edge_key(e.src, e.dst, e.channel))
 
+    @property
+    def edges(self) -> list[CircuitEdge]:
+        """One item per (src, dst, channel), in canonical order."""
+        return self._records(self.graph.edges(keys=True, data=True))
+
     def edge_keys(self) -> set[eg.EdgeKey]:
-        return {(u, v, ch) for u, v, chans in self.graph.edges(data="channels") for ch in chans}
+        return {(u, v, channel_of(k)) for u, v, k in self.graph.edges(keys=True)}
 
     def node(self, name: str) -> dict[str, Any]:
         """The node's attributes (a copy)."""
@@ -201,22 +200,12 @@ class Circuit:
 
     def edges_into(self, node: str, channel: str | None = None) -> list[CircuitEdge]:
         """Edges entering ``node`` (only those on ``channel`` when given), canonical order."""
-        out = [
-            CircuitEdge(u, node, ch, d["positions"], d["score"], d["meta"])
-            for u, _, chans in self.graph.in_edges(node, data="channels")
-            for ch, d in chans.items()
-            if channel is None or ch == channel
-        ]
-        return sorted(out, key=lambda e: eg.edge_key(e.src, e.dst, e.channel))
+        into = self.graph.in_edges(node, keys=True, data=True)
+        return self._records(e for e in into if channel is None or channel_of(e[2]) == channel)
 
     def edges_from(self, node: str) -> list[CircuitEdge]:
         """Edges leaving ``node``, canonical order."""
-        out = [
-            CircuitEdge(node, v, ch, d["positions"], d["score"], d["meta"])
-            for _, v, chans in self.graph.out_edges(node, data="channels")
-            for ch, d in chans.items()
-        ]
-        return sorted(out, key=lambda e: eg.edge_key(e.src, e.dst, e.channel))
+        return self._records(self.graph.out_edges(node, keys=True, data=True))
 
     def upstream(self, node: str, channel: str | None = None) -> set[str]:
         """Every node with a path into ``node`` (networkx ancestors); with ``channel``, only
@@ -228,7 +217,7 @@ class Circuit:
         """
         if channel is None:
             return set(nx.ancestors(self.graph, node))
-        firsts = {e.src for e in self.edges_into(node, channel)}
+        firsts = {u for u, _, k in self.graph.in_edges(node, keys=True) if k == channel}
         return firsts.union(*(nx.ancestors(self.graph, s) for s in firsts))
 
     def downstream(self, node: str) -> set[str]:
@@ -249,19 +238,19 @@ class Circuit:
     def __repr__(self) -> str:
         return (
             f"Circuit({self.name!r}, model={self.model!r}, {len(self)} nodes, "
-            f"{len(self.edges)} edges, classes={list(self.classes)})"
+            f"{self.graph.number_of_edges()} edges, classes={list(self.classes)})"
         )
 
     # -- derived circuits ---------------------------------------------------------------------
-    def copy(self, name: str | None = None) -> Circuit:
-        out = Circuit(
-            name or self.name,
-            model=self.model,
-            source=self.source,
-            shape=self.shape,
-            metadata=self.metadata,
+    def copy(self, name: str | None = None, *, nodes: Iterable[str] | None = None) -> Circuit:
+        """A deep copy (of the subgraph induced by ``nodes``, when given)."""
+        out = type(self)(name or self.name, model=self.model, source=self.source, shape=self.shape)
+        out.metadata = clone(self.metadata)
+        g = self.graph if nodes is None else self.graph.subgraph(nodes)
+        out.graph.add_nodes_from((n, clone(a)) for n, a in g.nodes(data=True))
+        add_keyed_edges(
+            out.graph, ((u, v, k, clone(d)) for u, v, k, d in g.edges(keys=True, data=True))
         )
-        out.graph = clone_graph(self.graph)
         return out
 
     def subcircuit(
@@ -286,53 +275,24 @@ class Circuit:
                 f"subcircuit of {self.name!r}: nodes not in the circuit: {sorted(unknown)}",
                 fix=f"choose from {self.nodes}",
             )
-        out = self.copy(name or f"{self.name}[sub]")
-        out.graph = clone_graph(self.graph, keep)
-        return out
+        return self.copy(name or f"{self.name}[sub]", nodes=keep)
 
     def union(self, other: Circuit, name: str | None = None) -> Circuit:
         """Nodes and edges of both; where both define a node or edge, ``self``'s attributes win."""
-        self._check_same_model(other, "union")
-        out = self.copy(name or f"{self.name}|{other.name}")
-        out.shape = self.shape or other.shape
-        for n, attrs in other.graph.nodes(data=True):
-            if n not in out.graph:
-                out.graph.add_node(n, **clone(attrs))
-        have = out.edge_keys()
-        for e in other.edges:
-            if e.key not in have:
-                out.add_edge(
-                    e.src, e.dst, e.channel, positions=e.positions, score=e.score, meta=e.meta
-                )
-        return out
+        return _derive.union(self, other, name)
 
     def intersection(self, other: Circuit, name: str | None = None) -> Circuit:
         """Nodes and edges present in both (``self``'s attributes)."""
-        self._check_same_model(other, "intersection")
-        out = self.copy(name or f"{self.name}&{other.name}")
-        common = other.edge_keys()
-        for src, dst, ch in self.edge_keys() - common:
-            out.remove_edge(src, dst, ch)
-        out.graph.remove_nodes_from([n for n in self.graph if n not in other.graph])
-        return out
+        return _derive.intersection(self, other, name)
 
     __or__ = union
     __and__ = intersection
 
-    def _check_same_model(self, other: Circuit, op: str) -> None:
-        mine, theirs = self.shape, other.shape
-        if mine and theirs and (mine.n_layers, mine.n_heads) != (theirs.n_layers, theirs.n_heads):
-            raise ShapeMismatchError(
-                f"{op} of circuits for different models: {self.name!r} ({self.model}, "
-                f"{self.shape.describe()}) and {other.name!r} ({other.model}, {other.shape.describe()})",
-                fix="combine circuits of the same model",
-            )
-
     def expand_edges(
         self,
-        shape: ModelShape | None = None,
+        shape: Any = None,
         *,
-        dense: Sequence[str] | None = None,
+        dense: Iterable[str] | None = None,
         name: str | None = None,
     ) -> Circuit:
         """The ACDC-style edge set this circuit implies in the model's full edge graph.
@@ -348,35 +308,7 @@ class Circuit:
         >>> len(c.expand_edges().edges)   # input->a0.h1 <q,k,v>, input->logits, a0.h1->logits
         5
         """
-        if shape is not None:
-            self.check_model(shape)
-        out = self.copy(name or f"{self.name}[expanded]")
-        for end in ("input", "logits"):
-            if end not in out.graph:
-                out.add_node(end)
-        dense = self.metadata.get("dense", []) if dense is None else dense
-        if not isinstance(dense, list | tuple) or not all(isinstance(x, str) for x in dense):
-            raise CircuitFormatError(
-                f"circuit {self.name!r}: dense must be a list of kinds, classes or node names, "
-                f"got {dense!r}",
-                fix='write e.g. "dense": ["mlp"]',
-            )
-        dense_nodes = {
-            n
-            for n, a in out.graph.nodes(data=True)
-            if n in dense or a["kind"] in dense or a.get("class") in dense
-        }
-        have = out.edge_keys()
-        arch_shape = shape.shape if hasattr(shape, "shape") else shape
-        for src, dst, ch in eg.implied_edges(out.graph.nodes, arch_shape or self.shape):
-            if (src, dst, ch) in have:
-                continue
-            if self.graph.number_of_edges() == 0 or src in dense_nodes or dst in dense_nodes:
-                pos = eg.edge_positions(
-                    out.graph.nodes[src]["positions"], out.graph.nodes[dst]["positions"], ch
-                )
-                out.add_edge(src, dst, ch, positions=pos)
-        return out
+        return _derive.expand_edges(self, shape, dense, name)
 
     def acdc_edge_count(self) -> int:
         """Edges as ACDC counts them: residual edges plus one q/k/v-input -> q/k/v edge inside
@@ -386,15 +318,15 @@ class Circuit:
         >>> c.acdc_edge_count()
         4
         """
-        keys = self.edge_keys()
-        return len(keys) + len({(d, ch) for _, d, ch in keys if ch is not None})
+        keys = self.graph.edges(keys=True)
+        return len(keys) + len({(d, k) for _, d, k in keys if k != NO_CHANNEL})
 
     # -- models ---------------------------------------------------------------------------
     def check_model(self, model_or_shape: Any) -> ModelShape:
         """Check the circuit fits a model (``Model`` or ``ModelShape``); returns its shape.
 
         Raises ``ShapeMismatchError`` naming the circuit's model when the shapes differ or a
-        node is outside the model.
+        node or edge is outside the model.
         """
         shape = getattr(model_or_shape, "shape", model_or_shape)
         if not isinstance(shape, ModelShape):
@@ -402,105 +334,71 @@ class Circuit:
                 f"cannot check circuit {self.name!r} against {type(model_or_shape).__name__}",
                 fix="pass a circuitsteer Model or a ModelShape",
             )
-        other = getattr(model_or_shape, "name", None) or "the model"
-        mine = self.shape
-        if mine is not None and (mine.n_layers, mine.n_heads) != (shape.n_layers, shape.n_heads):
-            raise ShapeMismatchError(
-                f"circuit {self.name!r} is for {self.model or 'a model'} ({mine.describe()}), "
-                f"but {other} has {shape.describe()}",
-                fix="load the circuit defined for this model, or rediscover one on it",
-            )
-        for n in self.graph:
-            node = validate_node(n, shape)
-            if node.kind == "mlp" and not eg.has_mlps(shape):
-                raise ShapeMismatchError(
-                    f"circuit {self.name!r} uses {n}, but {other} is attention-only",
-                    fix="drop MLP nodes for attention-only models",
-                )
-        if shape.parallel_residual:
-            for u, v in self.graph.edges:
-                if not feeds(parse_node(u), parse_node(v), shape):
-                    raise ShapeMismatchError(
-                        f"circuit {self.name!r} has edge {u}->{v}, but {other} has a parallel "
-                        f"residual: {v} reads its layer's input, not that layer's heads",
-                        fix="drop edges from a layer's heads to its own MLP for GPT-NeoX/Pythia models",
-                    )
-        return shape
+        return _checks.fits(self, shape, getattr(model_or_shape, "name", None))
 
     def validate(self, shape: ModelShape | None = None) -> None:
         """Re-check the graph (after direct edits of ``circuit.graph``): node names and kinds,
-        acyclicity, forward edges, channels; and the model shape when known."""
-        from circuitsteer.circuit_schema import validate_graph
+        acyclicity, each edge and its key; and the model shape when known."""
+        _checks.validate(self, shape)
 
-        validate_graph(self, where=f"circuit {self.name!r}", shape=shape or self.shape)
-
-    # -- I/O and drawing --------------------------------------------------------------------
+    # -- files, drawing and masks -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The ``circuitsteer.circuit/1`` JSON object (docs/formats.md)."""
-        from circuitsteer.circuit_io import circuit_to_dict
-
-        return circuit_to_dict(self)
+        return _io.to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Any, *, file: str | None = None, model: Any = None) -> Circuit:
-        """Build from a ``circuitsteer.circuit/1`` object; typed errors name ``file``."""
-        from circuitsteer.circuit_schema import circuit_from_dict
-
-        return circuit_from_dict(d, file=file, model=model)
+        """Build from a ``circuitsteer.circuit/1`` object; typed errors name ``file``. The
+        circuit is checked against its model's shape when the model is known, and against
+        ``model`` (a ``Model`` or ``ModelShape``) when given."""
+        return _io.from_dict(cls, d, file=file, model=model)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON file atomically (temp file + rename)."""
-        from circuitsteer.circuit_io import save_circuit
-
-        save_circuit(self, path)
+        _io.save(self, path)
 
     def draw(
         self, path: str | os.PathLike[str] | None = None, score: Any = None, **kwargs: Any
     ) -> Any:
         """Draw the circuit layered by depth, coloured by class or by ``score``; returns the
-        matplotlib Figure (and writes PNG/SVG/PDF to ``path`` when given). See
-        :func:`circuitsteer.graph_draw.draw_circuit` for the options."""
-        from circuitsteer.graph_draw import draw_circuit
+        matplotlib Figure (and writes PNG/SVG/PDF to ``path`` when given). Options: see
+        :func:`circuitsteer.circuit.draw_circuit`."""
+        return _draw.draw_circuit(self, path, score=score, **kwargs)
 
-        return draw_circuit(self, path, score=score, **kwargs)
+    def to_mask(self, model: Any, inside: float = 0.0, outside: float = 1.0) -> Any:
+        """The ``EdgeMask`` that runs this circuit on ``model``: its edges ``inside`` (0:
+        clean), every other edge ``outside`` (1: patched). Positions are ignored."""
+        return _mask.to_mask(self, model, inside, outside)
+
+    @classmethod
+    def from_mask(
+        cls,
+        mask: Any,
+        threshold: float = 0.5,
+        *,
+        name: str = "from-mask",
+        model: str | None = None,
+        scores: bool = False,
+    ) -> Circuit:
+        """The circuit of ``mask``'s edges whose value is below ``threshold`` (the edges left
+        clean) and their ends; with ``scores=True`` each edge's value becomes its score."""
+        c = cls(name, model=model, shape=mask.shape)
+        nodes, edges = _mask.clean_edges(mask, threshold, scores)
+        c.graph.add_nodes_from((n, node_attrs(circuit_node(n))) for n in nodes)
+        add_keyed_edges(c.graph, edges)
+        return c
 
 
 def full_edge_graph(shape: ModelShape, *, model: str | None = None, name: str = "full") -> Circuit:
     """Every node and edge of a model's ACDC-style edge graph.
 
-    >>> from circuitsteer.circuit_schema import known_shape
     >>> len(full_edge_graph(known_shape("gpt2-small")).edges)
     32491
     """
     c = Circuit(name, model=model, shape=shape)
-    for n in eg.all_nodes(shape):
-        c.add_node(n)
-    g = c.graph
-    # bypass add_edge's per-edge validation: the generator only yields valid forward edges
-    for src, dst, ch in eg.full_edges(shape):
-        if not g.has_edge(src, dst):
-            g.add_edge(src, dst, channels={})
-        g.edges[src, dst]["channels"][ch] = {"positions": None, "score": None, "meta": {}}
+    c.graph.add_nodes_from((n, node_attrs(circuit_node(n))) for n in eg.all_nodes(shape))
+    # no per-edge checks: the generator yields exactly the model's edges
+    add_keyed_edges(
+        c.graph, ((s, d, graph_key(ch), edge_data()) for s, d, ch in eg.full_edges(shape))
+    )
     return c
-
-
-def load_circuit(name_or_path: str | os.PathLike[str], model: Any = None) -> Circuit:
-    """Load a shipped circuit (``"gpt2-small/ioi"``) or a JSON file; see
-    :func:`circuitsteer.circuit_io.load_circuit`."""
-    from circuitsteer.circuit_io import load_circuit as _load
-
-    return _load(name_or_path, model=model)
-
-
-__all__ = [
-    "CHANNELS",
-    "CIRCUIT_KINDS",
-    "MAX_INDEX",
-    "Circuit",
-    "CircuitEdge",
-    "circuit_node",
-    "clone",
-    "full_edge_graph",
-    "load_circuit",
-    "parse_circuit_edge",
-]

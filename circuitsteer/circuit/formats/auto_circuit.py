@@ -23,8 +23,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from circuitsteer.circuit._graph import Circuit
 from circuitsteer.errors import CircuitFormatError, NodeNameError
-from circuitsteer.graph import Circuit
 from circuitsteer.nodes import CHANNELS, head, mlp, parse_node
 
 _SRC = re.compile(r"Resid Start|A(\d+)\.(\d+)|MLP (\d+)")

@@ -11,8 +11,8 @@ Everything else is kept in ``metadata["eap_ig"]`` (``cfg``, ``node_format``, the
 ``to_eap_ig(from_eap_ig(d)) == d``, key order included when ``d`` is in EAP-IG's own order.
 
 Example:
-    >>> from circuitsteer.circuit_schema import known_shape
-    >>> from circuitsteer.graph import Circuit
+    >>> from circuitsteer.circuit import Circuit
+    >>> from circuitsteer.models import known_shape
     >>> c = Circuit("tiny"); _ = c.add_edge("input", "a0.h0", "q", score=0.5)
     >>> d = to_eap_ig(c, shape=known_shape("gpt2-small"))
     >>> d["edges"]["input->a0.h0<q>"], len(d["edges"])
@@ -25,21 +25,32 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from circuitsteer import edge_graph as eg
-from circuitsteer.circuit_io import atomic_write_text, known_shape, parse_circuit_node, parse_score
-from circuitsteer.circuit_parts import clone, parse_circuit_edge
+from circuitsteer.circuit._graph import Circuit
+from circuitsteer.circuit._json import atomic_write_text
+from circuitsteer.circuit._parts import as_score, circuit_edge, clone, graph_key
+from circuitsteer.circuit._schema import canonical_node
+from circuitsteer.circuit.formats._common import read_input
 from circuitsteer.errors import CircuitFormatError, NodeNameError
-from circuitsteer.formats._common import read_input
-from circuitsteer.graph import Circuit
-from circuitsteer.nodes import Edge, ModelShape, parse_node
+from circuitsteer.models import known_shape
+from circuitsteer.nodes import Edge, ModelShape, parse_edge, parse_node
 
 _FIX = "an EAP-IG graph is {'cfg': {...}, 'nodes': {name: {'in_graph': ...}}, 'edges': {name: {'score': ..., 'in_graph': ...}}}"
 
 
 def _err(where: str, entry: str, problem: str, fix: str = _FIX) -> CircuitFormatError:
     return CircuitFormatError(f"{where}: {entry}: {problem}", fix=fix)
+
+
+def _checked(where: str, entry: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, its typed errors re-raised naming the entry."""
+    try:
+        return fn(*args)
+    except (NodeNameError, CircuitFormatError) as e:
+        raise _err(where, entry, e.message, e.fix or _FIX) from None
 
 
 def _shape_from_cfg(cfg: Any, where: str) -> ModelShape:
@@ -114,7 +125,7 @@ def from_eap_ig(
     state = c.metadata["eap_ig"]  # Circuit copies its metadata; fill the copy
     for key, v in nodes.items():
         entry = f"nodes[{key!r}]"
-        n = parse_circuit_node(key, where, entry)
+        n = _checked(where, entry, canonical_node, key)
         in_graph = v if isinstance(v, bool) else v.get("in_graph")
         if not isinstance(in_graph, bool):
             raise _err(where, entry, f"'in_graph' must be a boolean, got {in_graph!r}")
@@ -124,8 +135,8 @@ def from_eap_ig(
         extras = {} if isinstance(v, bool) else {k: x for k, x in v.items() if k != "in_graph"}
         score = extras.pop("score") if isinstance(extras.get("score"), int | float) else None
         c.add_node(
-            n.name,
-            score=parse_score(score, where, entry),
+            n,
+            score=_checked(where, entry, as_score, score),
             meta={"eap_ig": clone(extras)} if extras else None,
         )
     for key, v in edges.items():
@@ -134,11 +145,9 @@ def from_eap_ig(
             raise _err(where, entry, "must be an object with a boolean 'in_graph'")
         if not isinstance(key, str):
             raise _err(where, entry, "edge names must be strings")
-        try:
-            e = parse_circuit_edge(key)
-        except NodeNameError as err:
-            raise _err(where, entry, err.message, err.fix or _FIX) from None
-        if e.name != key or (e.dst.kind == "head") != (e.channel is not None):
+        e = _checked(where, entry, parse_edge, key)
+        _checked(where, entry, circuit_edge, e.src.name, e.dst.name, e.channel)
+        if e.name != key:
             raise _err(
                 where, entry, "not an EAP-IG edge name", "write 'a0.h1->a2.h3<q>' or 'm0->logits'"
             )
@@ -150,16 +159,13 @@ def from_eap_ig(
         for end in (e.src.name, e.dst.name):
             if end not in c.graph:  # an in-graph edge whose end EAP-IG marked out of the graph
                 c.add_node(end, meta={"eap_ig_in_graph": False})
-        if (
-            c.graph.has_edge(e.src.name, e.dst.name)
-            and e.channel in c.graph.edges[e.src.name, e.dst.name]["channels"]
-        ):
+        if c.graph.has_edge(e.src.name, e.dst.name, graph_key(e.channel)):
             raise _err(where, entry, "duplicate edge", "list each edge once")
         c.add_edge(
             e.src.name,
             e.dst.name,
             e.channel,
-            score=parse_score(score, where, entry),
+            score=_checked(where, entry, as_score, score),
             meta={"eap_ig": clone(extras)} if extras else None,
         )
     c.check_model(shape)

@@ -5,7 +5,7 @@ Uses matplotlib's object API with the Agg canvas, so it never opens a window and
 depend on (or change) the pyplot backend.
 
 Example:
-    >>> from circuitsteer.circuit_io import load_circuit
+    >>> from circuitsteer.circuit import load_circuit
     >>> fig = draw_circuit(load_circuit("gpt2-small/ioi"))             # doctest: +SKIP
     >>> fig = draw_circuit(c, "ioi.svg", score="effect", table=df)      # doctest: +SKIP
 """
@@ -16,10 +16,13 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from circuitsteer.circuit._parts import channel_of
 from circuitsteer.errors import CircuitFormatError
-from circuitsteer.graph import Circuit
+
+if TYPE_CHECKING:
+    from circuitsteer.circuit._graph import Circuit
 
 CHANNEL_COLORS = {"q": "#4C72B0", "k": "#55A868", "v": "#C44E52", None: "#8C8C8C"}
 KIND_COLORS = {"input": "#B0B0B0", "logits": "#B0B0B0", "mlp": "#D9D9D9", "head": "#EEEEEE"}
@@ -132,9 +135,9 @@ def draw_circuit(
     scores = _scores(c, score, table)
 
     if edges:
-        segs = {ch: [] for ch in CHANNEL_COLORS}
-        for e in c.edges:
-            segs[e.channel].append([pos[e.src], pos[e.dst]])
+        segs: dict[str | None, list] = {ch: [] for ch in CHANNEL_COLORS}
+        for u, v, k in c.graph.edges(keys=True):
+            segs[channel_of(k)].append([pos[u], pos[v]])
         for ch, lines in segs.items():
             if lines:
                 ax.add_collection(
@@ -142,7 +145,7 @@ def draw_circuit(
                         lines,
                         colors=CHANNEL_COLORS[ch],
                         linewidths=0.7,
-                        alpha=0.35 if len(c.edges) > 100 else 0.7,
+                        alpha=0.35 if c.graph.number_of_edges() > 100 else 0.7,
                         zorder=1,
                     )
                 )
@@ -172,7 +175,7 @@ def draw_circuit(
 
     handles: list[Any] = [Patch(facecolor=colors[k], label=k) for k in classes]
     if edges:
-        used = {e.channel for e in c.edges}
+        used = {channel_of(k) for _, _, k in c.graph.edges(keys=True)}
         handles += [
             Line2D([], [], color=CHANNEL_COLORS[ch], label=f"<{ch}>" if ch else "MLP/logits in")
             for ch in CHANNEL_COLORS
@@ -195,7 +198,8 @@ def draw_circuit(
     ax.set_ylim(-height - 1, height + 1)
     ax.set_axis_off()
     ax.set_title(
-        title or f"{c.name} ({c.model or 'model?'}): {len(c)} nodes, {len(c.edges)} edges",
+        title
+        or f"{c.name} ({c.model or 'model?'}): {len(c)} nodes, {c.graph.number_of_edges()} edges",
         fontsize=9,
     )
     if path is not None:
