@@ -1,5 +1,13 @@
 """Metrics: per example, tensors in, tensors out (aggregation is the caller's).
 
+* task metrics at END: :func:`logit_diff`, :func:`prob_diff`, :func:`accuracy`,
+  :func:`answer_loss` (cross-entropy of the answer), :func:`kl_at_end` (KL from the unmodified
+  model's prediction);
+* whole-sequence metrics (neutral text): :func:`loss`, :func:`kl_div`, :func:`top_token_change`;
+* normalisation by the clean - corrupted gap: :func:`gap_fraction`, :func:`normalized`;
+* :func:`bootstrap_ci`: a percentile bootstrap interval for the mean of any of these (or for a
+  ratio of two means).
+
 Task metrics read the logits at each example's ``END`` position. ``logits`` may be
 ``[batch, pos, vocab]`` (the full forward output) or ``[batch, vocab]`` (already at END).
 The batch may also be K stacked copies of the task (``torch.cat`` of K variant batches,
@@ -18,11 +26,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from circuitsteer.errors import ShapeMismatchError, TaskError
+from circuitsteer.errors import AnalysisError, ShapeMismatchError, TaskError
 
 
 def _tile(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -150,3 +158,160 @@ def kl_div(
                                  fix="pass a [batch, pos] boolean mask, e.g. task.real_mask()")  # fmt: skip
     m = _tile(mask, kl.shape[0] // mask.shape[0]).to(kl.device).float()
     return (kl * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+
+def answer_loss(logits: torch.Tensor, task: Any) -> torch.Tensor:
+    """Cross-entropy of the correct answer at END, ``-log p(correct)``, per example: ``[batch]``.
+
+    >>> import torch, types, math
+    >>> class T(types.SimpleNamespace):
+    ...     def __len__(self): return 1
+    >>> t = T(positions={"END": torch.tensor([0])}, correct=torch.tensor([1]), incorrect=torch.tensor([0]))
+    >>> round(answer_loss(torch.zeros(1, 1, 4), t).item(), 4) == round(math.log(4), 4)
+    True
+    """
+    e = end_logits(logits, task)
+    k = e.shape[0] // len(task)
+    lp = torch.log_softmax(e.float(), dim=-1)
+    return -lp.gather(1, _answer(task.correct, k, e.device))[:, 0]
+
+
+def kl_at_end(clean_logits: torch.Tensor, logits: torch.Tensor, task: Any) -> torch.Tensor:
+    """KL(clean || new) of the next-token distribution at END, per example: ``[batch]``.
+
+    ``clean_logits``: the unmodified model's logits on the task (``[batch, pos, vocab]`` or at END
+    ``[batch, vocab]``); ``logits`` may hold K stacked copies (variant-major), compared each
+    against the clean ones.
+
+    >>> import torch, types
+    >>> class T(types.SimpleNamespace):
+    ...     def __len__(self): return 2
+    >>> t = T(positions={"END": torch.tensor([1, 0])})
+    >>> x = torch.randn(2, 2, 5)
+    >>> kl_at_end(x, torch.cat([x, x]), t).abs().max().item() < 1e-6
+    True
+    """
+    ref = end_logits(clean_logits, task)
+    new = end_logits(logits, task)
+    return kl_div(_tile(ref, new.shape[0] // ref.shape[0]), new)
+
+
+def top_token_change(
+    ref_logits: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Fraction of (masked) positions whose most likely next token differs from the reference's:
+    ``[batch]``. ``mask``: BoolTensor ``[batch, pos]`` of the positions that count.
+
+    >>> import torch
+    >>> a = torch.tensor([[[1., 0], [0, 1]]])
+    >>> top_token_change(a, a.flip(-1)).tolist(), top_token_change(a, a).tolist()
+    ([1.0], [0.0])
+    """
+    if ref_logits.shape != logits.shape:
+        raise ShapeMismatchError(f"logits shapes differ: {tuple(ref_logits.shape)} vs {tuple(logits.shape)}",
+                                 fix="compare the outputs of two forward passes over the same tokens")  # fmt: skip
+    changed = (ref_logits.argmax(-1) != logits.argmax(-1)).float()
+    if changed.dim() == 1:
+        return changed
+    if mask is None:
+        return changed.mean(-1)
+    m = _tile(mask, changed.shape[0] // mask.shape[0]).to(changed.device).float()
+    return (changed * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+
+def _mean(x: torch.Tensor | float) -> float:
+    return float(x.float().mean()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def gap_fraction(
+    values: torch.Tensor, clean: torch.Tensor | float, corrupted: torch.Tensor | float
+) -> torch.Tensor:
+    """The share of the clean - corrupted gap that an intervention removes, per example:
+    ``(mean(clean) - values) / (mean(clean) - mean(corrupted))``: 0 = clean behaviour, 1 = the
+    corrupted run's. The denominator is the gap of the means (per-example gaps can be ~0), so the
+    mean of the result is the usual normalised number and a bootstrap of it is one of the mean.
+    ``1 - gap_fraction`` is the normalised metric (1 = clean, 0 = corrupted; MIB's faithfulness).
+
+    >>> import torch
+    >>> gap_fraction(torch.tensor([3.0, 2.0, 1.0]), 3.0, 1.0).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    c, k = _mean(clean), _mean(corrupted)
+    if c == k:
+        return torch.full_like(values.float(), float("nan"))
+    return (c - values.float()) / (c - k)
+
+
+def normalized(
+    values: torch.Tensor, clean: torch.Tensor | float, corrupted: torch.Tensor | float
+) -> torch.Tensor:
+    """``(values - mean(corrupted)) / (mean(clean) - mean(corrupted))``: 1 = clean, 0 = corrupted
+    (``1 - gap_fraction``), per example.
+
+    >>> import torch
+    >>> normalized(torch.tensor([3.0, 1.0]), torch.tensor([3.0, 3.0]), 1.0).tolist()
+    [1.0, 0.0]
+    """
+    return 1.0 - gap_fraction(values, clean, corrupted)
+
+
+class CI(NamedTuple):
+    """A mean and its bootstrap confidence interval (floats, or tensors for batched input)."""
+
+    mean: Any
+    lo: Any
+    hi: Any
+
+
+def bootstrap_ci(
+    values: torch.Tensor,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    denominator: torch.Tensor | None = None,
+) -> CI:
+    """Percentile bootstrap confidence interval of the mean of per-example ``values``.
+
+    ``values``: ``[n]`` (returns floats) or ``[R, n]`` (R rows over the same examples, each its
+    own interval; returns ``[R]`` tensors; every row is resampled with the same draws, so
+    differences between rows keep their pairing). ``denominator``: paired per-example values of
+    the same shape: the interval is then of ``mean(values) / mean(denominator)`` (a ratio such as
+    faithfulness, examples resampled together). Resamples are drawn with a CPU generator seeded
+    with ``seed`` (the same seed gives the same interval).
+
+    >>> import torch
+    >>> ci = bootstrap_ci(torch.arange(100.0), seed=0)
+    >>> ci.mean, ci.lo < 49.5 < ci.hi
+    (49.5, True)
+    """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise AnalysisError(f"n_boot must be a positive int, got {n_boot!r}", fix="pass e.g. n_boot=1000")  # fmt: skip
+    if not 0.0 < level < 1.0:
+        raise AnalysisError(f"level must be in (0, 1), got {level}", fix="pass e.g. level=0.95")  # fmt: skip
+    x = values.detach().double().cpu()
+    single = x.dim() == 1
+    x = x[None] if single else x
+    if x.dim() != 2 or x.shape[1] == 0:
+        raise ShapeMismatchError(f"values must be [n] or [R, n] with n >= 1, got {tuple(values.shape)}",
+                                 fix="pass per-example values")  # fmt: skip
+    n = x.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=g)
+    counts = torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(n_boot, n, dtype=torch.float64)
+    )  # how often each example is drawn in each resample
+    boot = x @ counts.T / n  # [R, n_boot] resampled means
+    mean = x.mean(1)
+    if denominator is not None:
+        d = denominator.detach().double().cpu()
+        d = d[None] if d.dim() == 1 else d
+        if d.shape != x.shape:
+            raise ShapeMismatchError(f"denominator {tuple(denominator.shape)} differs from values {tuple(values.shape)}",
+                                     fix="pass paired per-example values of one shape")  # fmt: skip
+        boot = boot / (d @ counts.T / n)
+        mean = mean / d.mean(1)
+    a = (1.0 - level) / 2
+    q = torch.quantile(boot, torch.tensor([a, 1.0 - a], dtype=torch.float64), dim=1)
+    if single:
+        return CI(float(mean[0]), float(q[0, 0]), float(q[1, 0]))
+    return CI(mean, q[0], q[1])
