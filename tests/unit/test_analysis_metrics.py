@@ -72,7 +72,9 @@ def test_bootstrap_ci_matches_a_numpy_percentile_bootstrap():
     assert (ci.lo, ci.hi) == (pytest.approx(lo), pytest.approx(hi))
     # batched rows share the draws; a ratio resamples numerator and denominator together
     rows = metrics.bootstrap_ci(torch.stack([x, 2 * x]), n_boot=2000, seed=3)
-    assert rows.lo[1].item() == pytest.approx(2 * ci.lo) and rows.hi[0].item() == pytest.approx(ci.hi)
+    assert rows.lo[1].item() == pytest.approx(2 * ci.lo) and rows.hi[0].item() == pytest.approx(
+        ci.hi
+    )
     d = x + 1.0
     r = metrics.bootstrap_ci(x, n_boot=2000, seed=3, denominator=d)
     ratios = x.numpy()[idx].mean(1) / d.numpy()[idx].mean(1)
