@@ -47,22 +47,25 @@ from circuitsteer.models import zoo_names as zoo_names
 from circuitsteer.nodes import ModelShape as ModelShape
 from circuitsteer.nodes import parse_edge as parse_edge
 from circuitsteer.nodes import parse_node as parse_node
+from circuitsteer.vectors import SteeringVector as SteeringVector
+from circuitsteer.vectors import VectorError as VectorError
+from circuitsteer.vectors import VectorMismatchError as VectorMismatchError
 
 __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "analysis", "circuit", "engine", "errors", "formats", "metrics", "nodes", "tasks",
+    "analysis", "circuit", "engine", "errors", "formats", "metrics", "nodes", "tasks", "vectors",
     # models
     "Model", "ModelShape", "load_model", "random_gpt2", "random_model", "zoo_descriptions",
     "zoo_names",
     # names and circuits
     "Circuit", "CircuitEdge", "full_edge_graph", "load_circuit", "parse_edge", "parse_node",
     "shipped_circuits",
-    # interventions
-    "Ablate", "Add", "Patch", "ProjectOut", "Scale", "Site",
+    # interventions and steering vectors
+    "Ablate", "Add", "Patch", "ProjectOut", "Scale", "Site", "SteeringVector",
     # typed errors (every one a CircuitSteerError)
     "AnalysisError", "CircuitFormatError", "CircuitSteerError", "InterventionError",
     "ModelNotAvailableError", "NodeNameError", "PositionError", "ShapeMismatchError", "TaskError",
-    "UnsupportedArchitectureError", "UntrustedPickleError",
+    "UnsupportedArchitectureError", "UntrustedPickleError", "VectorError", "VectorMismatchError",
 ]  # fmt: skip
