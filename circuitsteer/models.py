@@ -39,6 +39,11 @@ import torch
 from circuitsteer.engine import arch
 from circuitsteer.errors import ModelNotAvailableError, UnsupportedArchitectureError
 from circuitsteer.nodes import ModelShape
+from circuitsteer.random_models import random_gpt2 as random_gpt2
+from circuitsteer.random_models import random_model as random_model
+from circuitsteer.tokenizers import GPT2_TOKENIZER_DIR as GPT2_TOKENIZER_DIR
+from circuitsteer.tokenizers import byte_tokenizer as byte_tokenizer
+from circuitsteer.tokenizers import gpt2_tokenizer as gpt2_tokenizer
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 # eager attention: what the bridge switches to anyway, and what exposes attention patterns
@@ -382,146 +387,6 @@ def _boot_bridge(hf: Any, tokenizer: Any, name: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # tokenizers and built-in zoo entries
-
-
-# GPT-2's BPE files (encoder.json/vocab.bpe of OpenAI's GPT-2 release, MIT, see LICENSE there)
-# ship inside the package, so the tokenizer loads offline wherever circuitsteer is installed
-GPT2_TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "gpt2-tokenizer"
-
-
-def _find_gpt2_tokenizer_dir() -> Path | None:
-    candidates = [os.environ.get("CIRCUITSTEER_GPT2_TOKENIZER"), str(GPT2_TOKENIZER_DIR)]
-    for c in candidates:
-        if c and (Path(c) / "encoder.json").exists() and (Path(c) / "vocab.bpe").exists():
-            return Path(c)
-    return None
-
-
-def gpt2_tokenizer(required: bool = False) -> Any:
-    """GPT-2's BPE tokenizer: the package's copy (or $CIRCUITSTEER_GPT2_TOKENIZER).
-
-    Without those files: a byte-level fallback (ids 0..255 + ``<|endoftext|>``) unless ``required``.
-    """
-    from tokenizers import Tokenizer, models
-
-    d = _find_gpt2_tokenizer_dir()
-    if d is None:
-        if required:
-            raise ModelNotAvailableError(
-                "GPT-2 tokenizer files (encoder.json, vocab.bpe) not found",
-                fix="reinstall circuitsteer (it ships them in circuitsteer/assets/gpt2-tokenizer) or set CIRCUITSTEER_GPT2_TOKENIZER to their folder",
-            )
-        return byte_tokenizer()
-    tk = Tokenizer(models.BPE.from_file(str(d / "encoder.json"), str(d / "vocab.bpe")))
-    return _byte_level_fast(tk)
-
-
-def _byte_level_fast(tk: Any) -> Any:
-    """Wrap a BPE ``tokenizers.Tokenizer`` GPT-2 style: byte-level pre-tokenizer and decoder,
-    ``<|endoftext|>`` as BOS, EOS, pad and unk."""
-    from tokenizers import decoders, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-    )
-
-
-def byte_tokenizer() -> Any:
-    """A byte-level tokenizer (256 byte tokens + ``<|endoftext|>`` as 256) for random test models."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    vocab["<|endoftext|>"] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    return _byte_level_fast(tk)
-
-
-def random_model(
-    family: str = "gpt2",
-    n_layers: int = 2,
-    n_heads: int = 4,
-    d_model: int = 32,
-    d_vocab: int = 257,
-    n_ctx: int = 64,
-    seed: int = 0,
-    d_mlp: int | None = None,
-    tokenizer: Any = None,
-    name: str | None = None,
-    **cfg: Any,
-) -> Model:
-    """A model of ``family`` with seeded random weights, built from a config (unit tests).
-
-    ``family``: ``gpt2``, ``gpt_neox`` (parallel residual, rotary on half of each head by
-    default), ``llama``, ``qwen2`` (q/k/v bias) or ``mistral``. ``n_kv_heads`` gives the Llama
-    family grouped-query attention; other keywords are Hugging Face config fields
-    (``rotary_pct``, ``use_parallel_residual``, ``attention_bias``, ...).
-
-    >>> m = random_model("llama", n_layers=2, n_heads=4, n_kv_heads=2, d_model=32)
-    >>> m.arch.family, m.shape.n_heads, m.shape.kv_heads, m.shape.d_head
-    ('llama', 4, 2, 8)
-    """
-    from transformers import AutoModelForCausalLM
-
-    config = arch.random_config(
-        family,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        d_model=d_model,
-        d_mlp=d_mlp,
-        d_vocab=d_vocab,
-        n_ctx=n_ctx,
-        **cfg,
-    )
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    hf = AutoModelForCausalLM.from_config(config, **_EAGER)
-    torch.random.set_rng_state(gen_state)
-    tok = tokenizer if tokenizer is not None else byte_tokenizer()
-    return Model(
-        hf,
-        tok,
-        name=name or f"random-{family}-{n_layers}l{n_heads}h{d_model}d-s{seed}",
-        source="random",
-    )
-
-
-def random_gpt2(
-    n_layers: int = 2,
-    n_heads: int = 4,
-    d_model: int = 32,
-    d_vocab: int = 257,
-    n_ctx: int = 64,
-    seed: int = 0,
-    d_mlp: int | None = None,
-    tokenizer: Any = None,
-    name: str | None = None,
-) -> Model:
-    """A GPT-2-architecture model with seeded random weights, built from a config (unit tests).
-
-    >>> m = random_gpt2(n_layers=2, n_heads=4, d_model=32)
-    >>> m.shape.n_heads, m.shape.d_head
-    (4, 8)
-    """
-    return random_model(
-        "gpt2",
-        n_layers=n_layers,
-        n_heads=n_heads,
-        d_model=d_model,
-        d_vocab=d_vocab,
-        n_ctx=n_ctx,
-        seed=seed,
-        d_mlp=d_mlp,
-        tokenizer=tokenizer,
-        name=name or f"random-gpt2-{n_layers}l{n_heads}h{d_model}d-s{seed}",
-    )
 
 
 def _gpt2_small_shape() -> tuple[Any, Any, str | None]:
