@@ -9,6 +9,7 @@ Example:
 
 from circuitsteer import analysis as analysis
 from circuitsteer import circuit as circuit
+from circuitsteer import discovery as discovery
 from circuitsteer import engine as engine
 from circuitsteer import errors as errors
 from circuitsteer import formats as formats
@@ -55,7 +56,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "analysis", "circuit", "engine", "errors", "formats", "metrics", "nodes", "tasks", "vectors",
+    "analysis", "circuit", "discovery", "engine", "errors", "formats", "metrics", "nodes", "tasks", "vectors",
     # models
     "Model", "ModelShape", "load_model", "random_gpt2", "random_model", "zoo_descriptions",
     "zoo_names",
