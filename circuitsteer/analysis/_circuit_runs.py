@@ -29,6 +29,7 @@ from circuitsteer import edge_graph as eg
 from circuitsteer import engine
 from circuitsteer.analysis._common import chunks, resolve_metric
 from circuitsteer.analysis._rows import positions_label
+from circuitsteer.engine.chunking import progress
 from circuitsteer.engine.masks import EdgeMask, SenderOutputs, run_with_mask, sender_outputs
 from circuitsteer.errors import AnalysisError
 from circuitsteer.interventions import Ablate, PositionSpec, Site
@@ -103,7 +104,8 @@ class CircuitRuns:
         """``[K, n]``: the metric per example with only ``keeps[k]`` left intact."""
         if self.level == "node":
             return self._node_values(keeps)
-        return torch.stack([self._edge_values(k) for k in keeps])
+        steps = progress(keeps, len(keeps), "masked circuits", self.progress)
+        return torch.stack([self._edge_values(k) for k in steps])
 
     # -- node level ---------------------------------------------------------------------------
     def _node_values(self, keeps: Sequence[set[Any]]) -> torch.Tensor:

@@ -52,7 +52,7 @@ from circuitsteer.analysis._rows import (
 )
 from circuitsteer.errors import AnalysisError
 from circuitsteer.interventions import Ablate, Add, Intervention, PositionSpec, Site
-from circuitsteer.nodes import all_heads, all_mlps, parse_capture, validate_node
+from circuitsteer.nodes import all_heads, all_mlps, parse_capture, parse_node, validate_node
 
 MODES = ("zero", "mean", "resample")
 
@@ -216,7 +216,7 @@ def _nodes(model: Any, circuit: Any, nodes: Sequence[str] | None) -> list[str]:
 
 
 def _kind(name: str) -> str:
-    return parse_capture(name).node.kind
+    return parse_node(name).kind
 
 
 def _node_positions(circuit: Any, node: str, positions: PositionSpec | None) -> PositionSpec:

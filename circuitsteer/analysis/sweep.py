@@ -57,6 +57,7 @@ from circuitsteer.analysis._rows import (
     task_name,
 )
 from circuitsteer.analysis.attribution import _final_norm
+from circuitsteer.engine.chunking import progress
 from circuitsteer.errors import AnalysisError
 from circuitsteer.interventions import PositionSpec
 from circuitsteer.nodes import all_heads, parse_capture
@@ -132,7 +133,8 @@ def coefficient_sweep(
                 kl_by_coef[c] = st["value"]
             rows.append({"task": task_name(neutral), "coef": c, "metric": name, "level": "coef",
                          "data": "neutral", **st})  # fmt: skip
-    diag = _diagnostics(model, neutral, sv, site, positions, cs_, ivs, min(n_diag, len(neutral)))
+    diag = _diagnostics(model, neutral, sv, site, positions, cs_, ivs, min(n_diag, len(neutral)),
+                        progress)  # fmt: skip
     rows += [{"task": task_name(neutral), "data": "neutral", **r} for r in diag]
     df = frame(rows, **common)
     df["broken"] = df["coef"].map(lambda c: kl_by_coef.get(c, float("nan")) >= kl_threshold)
@@ -236,7 +238,7 @@ def _edited(task: Any, sv: Any, positions: PositionSpec, n: int, P: int) -> torc
 
 
 @torch.no_grad()
-def _diagnostics(model, task, sv, site, positions, coefs, ivs, n) -> list[dict[str, Any]]:
+def _diagnostics(model, task, sv, site, positions, coefs, ivs, n, bar) -> list[dict[str, Any]]:
     s = model.shape
     toks, lengths = task.clean[:n], task.lengths[:n]
     P = toks.shape[1]
@@ -250,7 +252,7 @@ def _diagnostics(model, task, sv, site, positions, coefs, ivs, n) -> list[dict[s
     base: dict[str, torch.Tensor] = {}
     rows: list[dict[str, Any]] = []
     vnorm = sv.vector.double().norm(dim=-1)  # [] or [n_pos]
-    for c in coefs:
+    for c in progress(coefs, len(coefs), "sweep diagnostics", bar):
         _, cache = engine.run(model, toks, ivs(c), capture=cap, positions=pos)
         per: dict[tuple[str, int], torch.Tensor] = {}  # (metric, layer) -> [n, P]
         x_site = cache[parse_capture(site).name].double().norm(dim=-1)

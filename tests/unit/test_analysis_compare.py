@@ -91,6 +91,7 @@ def test_circuit_positions_vectors_and_metrics(setup):
     c = cs.Circuit("c", shape=model.shape)
     c.add_node("a1.h0", positions=["S2"])
     c.add_node("m2")
+    c.add_edge("input", "logits")  # input and logits are no nodes to compare
     v = cs.vectors.SteeringVector(torch.randn(model.shape.d_model), site="resid_pre.1")
     df = compare_ablation_addition(model, task, c, vectors={"mine": v}, coefs=[1.0],
                                    metric=["logit_diff", "kl"], progress=False)  # fmt: skip
