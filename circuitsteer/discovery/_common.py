@@ -156,10 +156,14 @@ class References:
 
     clean: SenderOutputs
     ablated: SenderOutputs
+    _deltas: torch.Tensor | None = None
 
     def deltas(self) -> torch.Tensor:
         """``[n_senders, batch*pos*d_model]``: ablated - clean, in the mask's sender order."""
-        return torch.cat(self.ablated.blocks) - torch.cat(self.clean.blocks)
+        d = self._deltas
+        if d is None:
+            d = self._deltas = torch.cat(self.ablated.blocks) - torch.cat(self.clean.blocks)
+        return d
 
 
 def references(model: Any, task: Any, ablation: str, positions: Any = "all") -> References:

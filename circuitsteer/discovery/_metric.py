@@ -34,13 +34,23 @@ METRICS = ("kl", "logit_diff")
 
 @dataclass
 class Metric:
-    """A per-example loss bound to a task (and, for KL, to the clean logits at END)."""
+    """A per-example loss bound to a task (and, for KL, to the clean logits at END). The clean
+    forward runs once, when first needed (KL, or :meth:`clean_value`)."""
 
     name: str
     task: Any
     fn: Callable[..., Any]
-    clean_logits: torch.Tensor  # [batch, pos, vocab] of the clean forward
-    clean_end: torch.Tensor  # [batch, vocab] at END
+    model: Any
+    _clean: torch.Tensor | None = None
+
+    @property
+    def clean_logits(self) -> torch.Tensor:
+        """``[batch, pos, vocab]`` of the clean forward."""
+        out = self._clean
+        if out is None:
+            with torch.no_grad():
+                out = self._clean = self.model(self.task.clean)
+        return out
 
     def __call__(self, logits: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
         """Per-example loss ``[b]`` of ``logits`` (the task's rows ``rows``, default all)."""
@@ -49,7 +59,8 @@ class Metric:
         return check_per_example(out, logits.shape[0], self.name)
 
     def _kl(self, logits: torch.Tensor, task: Any, rows: slice | None) -> torch.Tensor:
-        ref = self.clean_end if rows is None else self.clean_end[rows]
+        end = metrics.end_logits(self.clean_logits, self.task)
+        ref = end if rows is None else end[rows]
         return metrics.kl_div(ref.to(logits.device), metrics.end_logits(logits, task))
 
     def clean_value(self) -> float:
@@ -74,9 +85,10 @@ def check_per_example(out: Any, batch: int, name: str) -> torch.Tensor:
     return out
 
 
-def make_metric(metric: Any, model: Any, task: Any) -> Metric:
-    """Bind ``metric`` ("kl", "logit_diff" or a callable) to ``task``: runs the clean forward
-    once and checks the metric gives one number per example there."""
+def make_metric(metric: Any, model: Any, task: Any, check: bool = True) -> Metric:
+    """Bind ``metric`` ("kl", "logit_diff" or a callable) to ``task``. ``check``: run the clean
+    forward now and check the metric gives one number per example there (else the first use
+    checks it)."""
     if callable(metric):
         name, fn = getattr(metric, "__name__", "custom"), metric
     elif metric == "logit_diff":
@@ -87,8 +99,7 @@ def make_metric(metric: Any, model: Any, task: Any) -> Metric:
         raise DiscoveryError(
             f"unknown metric {metric!r}", fix=f"use one of {METRICS} or a callable(logits, task)"
         )
-    with torch.no_grad():
-        clean = model(task.clean)
-    m = Metric(name, task, fn or (lambda lg, t: lg), clean, metrics.end_logits(clean, task))
-    m(clean)  # raises DiscoveryError unless one float per example
+    m = Metric(name, task, fn or (lambda lg, t: lg), model)
+    if check:
+        m(m.clean_logits)  # raises DiscoveryError unless one float per example
     return m

@@ -50,6 +50,7 @@ from circuitsteer.discovery._common import (
     references,
     run_meta,
 )
+from circuitsteer.discovery._grads import fast_receiver_grads, supported
 from circuitsteer.discovery._metric import Metric, make_metric
 from circuitsteer.engine.masks import EdgeMask, run_with_mask
 from circuitsteer.interventions import Patch, Site
@@ -69,7 +70,17 @@ def receiver_grads(
     """``dL/d(receiver input)`` for every receiver, per mask group (``a{L}`` ``[3H, B*P*d]``,
     ``m{L}`` and ``logits`` ``[1, B*P*d]``), ``L`` the summed per-example loss. With
     ``input_value`` (``[B, P, d]``) the input embedding is replaced by it (EAP-IG's
-    interpolation).
+    interpolation). One plain forward + backward (:mod:`._grads`) unless the model groups its
+    k/v heads; then :func:`captured_receiver_grads`."""
+    if supported(model):
+        return fast_receiver_grads(model, task.clean, lambda lg: met(lg).sum(), input_value)
+    return captured_receiver_grads(model, task, met, input_value)
+
+
+def captured_receiver_grads(
+    model: Any, task: Any, met: Metric, input_value: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """:func:`receiver_grads` through the engine: ``engine.run(grad=True)`` with captures.
 
     Heads: their q/k/v input captures (each its own copy of the residual). Logits: the final
     norm's input. An MLP's own input gradient is the gradient at its input site (the residual
@@ -117,7 +128,7 @@ def _input(refs: References, task: Any, ablated: bool = False) -> torch.Tensor:
 def _setup(model: Any, task: Any, metric: Any, ablation: str, positions: Any):
     shape = check_model(model)
     check_task(task, check_ablation(ablation))
-    met = make_metric(metric, model, task)
+    met = make_metric(metric, model, task, check=False)  # the gradient pass checks it
     refs = references(model, task, ablation, positions)
     return shape, met, refs
 

@@ -11,6 +11,7 @@ import circuitsteer as cs
 from circuitsteer import discovery as dc
 from circuitsteer.discovery._common import references
 from circuitsteer.discovery._metric import make_metric
+from circuitsteer.discovery.eap import captured_receiver_grads, receiver_grads
 from circuitsteer.engine.masks import EdgeMask, run_with_mask
 from circuitsteer.zoo.tokenizer import toy_tokenizer
 
@@ -139,7 +140,8 @@ def test_eap_equals_finite_differences(task):
     [
         ("gpt_neox", {}),
         ("gpt_neox", {"use_parallel_residual": False}),
-        ("llama", {"n_kv_heads": 2}),
+        ("llama", {}),
+        ("llama", {"n_kv_heads": 2}),  # grouped k/v: the engine-capture path
     ],
 )
 def test_eap_other_families(family, cfg):
@@ -152,6 +154,11 @@ def test_eap_other_families(family, cfg):
     got = dc.eap(m, task).frame["score"]
     want = mask_grad(m, task).frame["score"]
     assert (got - want).abs().max() < 1e-5 * max(1.0, float(want.abs().max()))
+    met = make_metric("logit_diff", m, task)
+    fast = receiver_grads(m, task, met)
+    slow = captured_receiver_grads(m, task, met)
+    for key, g in slow.items():  # both paths give every receiver's own input gradient
+        assert (fast[key] - g).abs().max() < 1e-5 * max(1.0, float(g.abs().max())), key
 
 
 # -- EAP-IG ----------------------------------------------------------------------------------
