@@ -175,7 +175,7 @@ class CircuitRuns:
                 real = torch.ones(b, P, dtype=torch.bool) if lengths is None else (
                     torch.arange(P)[None, :] < lengths[sl, None])  # fmt: skip
                 blocks = sender_outputs(self.model, toks[sl]).blocks
-                part = [(x.double().view(x.shape[0], b, P, d) * real[None, :, :, None]).sum(1)
+                part = [(x.double().cpu().view(x.shape[0], b, P, d) * real[None, :, :, None]).sum(1)
                         for x in blocks]  # fmt: skip
                 sums = part if sums is None else [s + p for s, p in zip(sums, part, strict=True)]
                 count += real.sum(0)

@@ -50,7 +50,7 @@ from circuitsteer.analysis._rows import (
     summary,
     task_name,
 )
-from circuitsteer.errors import AnalysisError
+from circuitsteer.errors import AnalysisError, CircuitSteerError
 from circuitsteer.interventions import Ablate, Add, Intervention, PositionSpec, Site
 from circuitsteer.nodes import all_heads, all_mlps, parse_capture, parse_node, validate_node
 
@@ -195,7 +195,7 @@ def _check_modes(modes: Sequence[str]) -> list[str]:
 def _is_node(model: Any, name: str) -> bool:
     try:
         return validate_node(name, model.shape).kind in ("head", "mlp")
-    except Exception:
+    except CircuitSteerError:  # a residual site, or no node of this model
         return False
 
 
@@ -254,6 +254,7 @@ def _mean_displacement(
     """``(position specs, [k, width])``: one mean of ``corrupted - clean`` per named position
     (over the examples), and one pooled over every real token the other positions select
     (``"all"``, ints, slices)."""
+    clean, corrupted = clean.cpu(), corrupted.cpu()
     n, width = clean.shape[0], clean.shape[1]
     items = list(spec) if isinstance(spec, tuple) else [spec]
     named = [p for p in items if isinstance(p, str) and p != "all"]

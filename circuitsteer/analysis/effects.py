@@ -181,7 +181,7 @@ def _forward(
     """One forward over the whole task (one batch) with ``ivs`` (and a mask); its captures."""
     with engine.apply(model, ivs, capture=caps, tokens=task) as cache:
         logits = model(task.clean) if mask is None else run_with_mask(model, task.clean, mask, ref)
-    return logits, dict(cache)
+    return logits, {k: v.cpu() for k, v in cache.items()}
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -198,10 +198,10 @@ def _dla_fn(model: Any, task: Any, logits_in: torch.Tensor):
     x = logits_in[r, end].double()
     xc = x - x.mean(-1, keepdim=True) if centre else x
     scale = (xc.pow(2).mean(-1) + eps).sqrt()[:, None]
-    w_u = model.hf.get_output_embeddings().weight.double()
+    w_u = model.hf.get_output_embeddings().weight.detach().double().cpu()
     u = w_u[task.correct] - w_u[task.incorrect]
     weight = getattr(ln_f, "weight", None)
-    u = u * (weight.double() if weight is not None else 1.0)
+    u = u * (weight.detach().double().cpu() if weight is not None else 1.0)
 
     def dla(v: torch.Tensor) -> torch.Tensor:
         v = v - v.mean(-1, keepdim=True) if centre else v

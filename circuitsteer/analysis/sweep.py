@@ -253,7 +253,8 @@ def _diagnostics(model, task, sv, site, positions, coefs, ivs, n, bar) -> list[d
     rows: list[dict[str, Any]] = []
     vnorm = sv.vector.double().norm(dim=-1)  # [] or [n_pos]
     for c in progress(coefs, len(coefs), "sweep diagnostics", bar):
-        _, cache = engine.run(model, toks, ivs(c), capture=cap, positions=pos)
+        _, dev = engine.run(model, toks, ivs(c), capture=cap, positions=pos)
+        cache = {k: v.cpu() for k, v in dev.items()}
         per: dict[tuple[str, int], torch.Tensor] = {}  # (metric, layer) -> [n, P]
         x_site = cache[parse_capture(site).name].double().norm(dim=-1)
         if c == 0.0:

@@ -6,24 +6,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from test_metrics import _task  # the hand-made two-example task
 
 from circuitsteer import metrics
 from circuitsteer.errors import AnalysisError, ShapeMismatchError
-from circuitsteer.tasks import Task
-
-
-def _task(end=(2, 1), correct=(3, 0), incorrect=(1, 2)) -> Task:
-    b = len(end)
-    toks = torch.zeros(b, 3, dtype=torch.long)
-    return Task(
-        name="hand", clean=toks, corrupted=toks, positions={"END": torch.tensor(end)},
-        correct=torch.tensor(correct), incorrect=torch.tensor(incorrect),
-        lengths=torch.tensor([e + 1 for e in end]), prompts=[""] * b, corrupted_prompts=[""] * b,
-        meta=pd.DataFrame(index=range(b)),
-    )  # fmt: skip
 
 
 def test_answer_loss_and_kl_at_end_by_hand():
