@@ -114,11 +114,17 @@ def test_attention_and_dla_against_captures(setup):
     assert ld == pytest.approx(float((logit_diff(l1, task) - logit_diff(l0, task)).double().mean()), abs=1e-6)  # fmt: skip
 
 
+def test_empty_intervention_list_changes_nothing(setup):
+    model, task, full = setup
+    df = downstream_effects(model, task, full, [], nodes="all", at=["S2", "END"])
+    ch = _changes(df)
+    assert float(ch.mean_abs.max()) == 0.0 and (df[df.metric == "out_cosine"].value == 1.0).all()
+    assert (df.operation == "none").all() and (df[df.node != "logits"].relation == "upstream").all()
+
+
 def test_errors(setup):
     model, task, full = setup
     iv = cs.Ablate(cs.Site("a0.h1"), mode="zero")
-    with pytest.raises(AnalysisError, match="no intervention"):
-        downstream_effects(model, task, full, [])
     with pytest.raises(AnalysisError, match="no position"):
         downstream_effects(model, task, full, iv, at="NOPE")
     with pytest.raises(AnalysisError, match="not a head or an MLP"):
