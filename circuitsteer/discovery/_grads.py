@@ -112,10 +112,12 @@ def fast_receiver_grads(
         ]
         idx = sorted(range(len(cols)), key=lambda i: (order[i], i))
         u = torch.bmm(torch.stack([cols[i] for i in idx]), torch.stack([ws[i] for i in idx]))
-        x = norm_in[L].detach().requires_grad_(True)
+        # the norm's VJP for every receiver at once: the norm acts on the last dim, so R
+        # stacked copies of its input make one forward and one backward
+        x = norm_in[L].detach()
+        xr = x.unsqueeze(0).expand(len(idx), *x.shape).contiguous().requires_grad_(True)
         with torch.enable_grad():
-            y = mod("ln1", L).forward(x)
-            (gx,) = torch.autograd.grad(y, x, u.view(len(idx), *x.shape), is_grads_batched=True)
+            (gx,) = torch.autograd.grad(mod("ln1", L).forward(xr), xr, u.view(xr.shape))
         out[f"a{L}"] = gx.reshape(len(idx), -1)
         if s.d_mlp > 0:
             out[f"m{L}"] = g[f"m{L}"].reshape(1, -1)

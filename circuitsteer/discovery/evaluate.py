@@ -71,7 +71,14 @@ def circuit_faithfulness(
     ``normalized``, ``circuit_value``, ``model_value``, ``ablated_value``, ``n_kept``,
     ``n_units``, ``mode``), from :func:`circuitsteer.analysis.faithfulness`."""
     row = analysis.faithfulness(
-        model, task, circuit, ablation=ablation, level="edge", metric=metric, n_boot=200
+        model,
+        task,
+        circuit,
+        ablation=ablation,
+        level="edge",
+        metric=metric,
+        n_boot=200,
+        progress=False,
     ).iloc[0]
     keys = ("value", "normalized", "circuit_value", "model_value", "ablated_value", "n_kept",
             "n_units", "mode", "level", "metric")  # fmt: skip
