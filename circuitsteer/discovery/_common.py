@@ -166,9 +166,12 @@ class References:
         return d
 
 
-def references(model: Any, task: Any, ablation: str, positions: Any = "all") -> References:
-    """Record the clean sender outputs and build their ablated values (see the module doc)."""
-    clean = sender_outputs(model, task.clean)
+def references(
+    model: Any, task: Any, ablation: str, positions: Any = "all", clean: SenderOutputs | None = None
+) -> References:
+    """Record the clean sender outputs (unless given) and build their ablated values (see the
+    module doc)."""
+    clean = clean if clean is not None else sender_outputs(model, task.clean)
     B, P = task.clean.shape
     if ablation == "zero":
         abl = torch.zeros_like(_stack(clean, B, P))

@@ -40,10 +40,14 @@ def fast_receiver_grads(
     tokens: torch.Tensor,
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     input_value: torch.Tensor | None = None,
+    senders: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Like :func:`circuitsteer.discovery.eap.receiver_grads`: per mask group, the gradient of
     ``loss_fn(logits)`` (a scalar) at every receiver's input, ``[n_receivers, B*P*d]``.
-    ``input_value``: the residual entering block 0 (else the model's own embedding)."""
+    ``input_value``: the residual entering block 0 (else the model's own embedding).
+    ``senders``: a list that receives this forward's sender outputs, in
+    :func:`~circuitsteer.engine.masks.sender_outputs`'s layout (``input``, each layer's heads
+    ``z_h W_O_h``, its MLP), so a clean pass need not be recorded again."""
     arch, s = model.arch, model.shape
     mod = lambda role, L=None: model.module(arch.path(role, L))  # noqa: E731
     norm_in: dict[int, torch.Tensor] = {}
@@ -53,8 +57,20 @@ def fast_receiver_grads(
 
     def feed(module, args, kwargs):
         x = (_input_of(args, kwargs) if input_value is None else input_value).detach()
+        if senders is not None:
+            senders.append(x.reshape(1, -1))
         x = x.requires_grad_(True)  # the leaf every gradient flows back to
         return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    def head_outputs(module, args):
+        z = args[0].detach()
+        w_o = arch.out_rows(module, slice(0, s.n_heads * s.d_head)).detach()
+        zh = z.reshape(-1, s.n_heads, s.d_head).transpose(0, 1)  # [H, B*P, dh]
+        out = torch.bmm(zh, w_o.reshape(s.n_heads, s.d_head, -1))
+        senders.append(out.reshape(s.n_heads, -1))  # type: ignore[union-attr]
+
+    def mlp_output(module, args, out):
+        senders.append(out.detach().reshape(1, -1))  # type: ignore[union-attr]
 
     def keep_norm_in(L):
         def hook(module, args):
@@ -85,6 +101,10 @@ def fast_receiver_grads(
                 handles.append(mod(role, L).register_forward_hook(keep_out(L, role)))
             if s.d_mlp > 0:
                 handles.append(mod("ln2", L).register_forward_pre_hook(private(f"m{L}")))
+            if senders is not None:
+                handles.append(mod("attn_out", L).register_forward_pre_hook(head_outputs))
+                if s.d_mlp > 0:
+                    handles.append(mod("mlp", L).register_forward_hook(mlp_output))
         handles.append(mod("final_norm").register_forward_pre_hook(private("logits")))
         with torch.enable_grad():
             logits = model(tokens)

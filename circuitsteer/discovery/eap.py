@@ -52,7 +52,7 @@ from circuitsteer.discovery._common import (
 )
 from circuitsteer.discovery._grads import fast_receiver_grads, supported
 from circuitsteer.discovery._metric import Metric, make_metric
-from circuitsteer.engine.masks import EdgeMask, run_with_mask
+from circuitsteer.engine.masks import EdgeMask, SenderOutputs, run_with_mask, sender_outputs
 from circuitsteer.interventions import Patch, Site
 from circuitsteer.nodes import CHANNELS, head, mlp
 
@@ -65,16 +65,33 @@ def _head_receivers(shape: Any, layer: int) -> list[str]:
 
 
 def receiver_grads(
-    model: Any, task: Any, met: Metric, input_value: torch.Tensor | None = None
+    model: Any,
+    task: Any,
+    met: Metric,
+    input_value: torch.Tensor | None = None,
+    senders: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``dL/d(receiver input)`` for every receiver, per mask group (``a{L}`` ``[3H, B*P*d]``,
     ``m{L}`` and ``logits`` ``[1, B*P*d]``), ``L`` the summed per-example loss. With
     ``input_value`` (``[B, P, d]``) the input embedding is replaced by it (EAP-IG's
     interpolation). One plain forward + backward (:mod:`._grads`) unless the model groups its
-    k/v heads; then :func:`captured_receiver_grads`."""
+    k/v heads; then :func:`captured_receiver_grads`. ``senders`` (a list) receives the sender
+    outputs of this forward (clean input only on the engine path)."""
     if supported(model):
-        return fast_receiver_grads(model, task.clean, lambda lg: met(lg).sum(), input_value)
+        return fast_receiver_grads(
+            model, task.clean, lambda lg: met(lg).sum(), input_value, senders
+        )
+    if senders is not None:
+        senders += sender_outputs(model, task.clean).blocks
     return captured_receiver_grads(model, task, met, input_value)
+
+
+def _clean_pass(model: Any, task: Any, met: Metric, ablation: str, positions: Any):
+    """The receiver gradients at the clean run, and the references built from its senders."""
+    blocks: list[torch.Tensor] = []
+    grads = receiver_grads(model, task, met, senders=blocks)
+    clean = SenderOutputs(task.clean, blocks)
+    return grads, references(model, task, ablation, positions, clean=clean)
 
 
 def captured_receiver_grads(
@@ -125,12 +142,10 @@ def _input(refs: References, task: Any, ablated: bool = False) -> torch.Tensor:
     return (refs.ablated if ablated else refs.clean).blocks[0].view(B, P, -1)
 
 
-def _setup(model: Any, task: Any, metric: Any, ablation: str, positions: Any):
+def _setup(model: Any, task: Any, metric: Any, ablation: str):
     shape = check_model(model)
     check_task(task, check_ablation(ablation))
-    met = make_metric(metric, model, task, check=False)  # the gradient pass checks it
-    refs = references(model, task, ablation, positions)
-    return shape, met, refs
+    return shape, make_metric(metric, model, task, check=False)  # the gradient pass checks it
 
 
 def _meta(method: str, model: Any, met: Metric, ablation: str, positions: Any, task: Any,
@@ -153,8 +168,9 @@ def eap(
     """EAP scores of every edge (see the module doc): mean over examples of
     ``(ablated_s - clean_s) . dL/d(input of r)``."""
     t0 = time.perf_counter()
-    shape, met, refs = _setup(model, task, metric, ablation, positions)
-    scores = _contract(refs, receiver_grads(model, task, met), shape)
+    shape, met = _setup(model, task, metric, ablation)
+    grads, refs = _clean_pass(model, task, met, ablation, positions)
+    scores = _contract(refs, grads, shape)
     n = len(task)
     out = {k: v / n for k, v in scores.items()}
     return EdgeScores.from_tensors(
@@ -179,18 +195,18 @@ def eap_ig(
     if not isinstance(steps, int) or steps < 1:
         raise DiscoveryError(f"steps must be a positive int, got {steps!r}", fix="pass steps=5")
     t0 = time.perf_counter()
-    shape, met, refs = _setup(model, task, metric, ablation, positions)
+    shape, met = _setup(model, task, metric, ablation)
     n = len(task)
     if method == "inputs":
+        total, refs = _clean_pass(model, task, met, ablation, positions)  # the step a = 1
         clean_in, abl_in = _input(refs, task), _input(refs, task, ablated=True)
-        total: dict[str, torch.Tensor] = {}
-        for k in range(1, steps + 1):
+        for k in range(1, steps):
             x = abl_in + (k / steps) * (clean_in - abl_in)
-            g = receiver_grads(model, task, met, None if k == steps else x)
-            for key, v in g.items():
-                total[key] = v if key not in total else total[key] + v
+            for key, v in receiver_grads(model, task, met, x).items():
+                total[key] = total[key] + v
         out = {k: v / (n * steps) for k, v in _contract(refs, total, shape).items()}
     else:
+        refs = references(model, task, ablation, positions)
         mask = EdgeMask(model, requires_grad=True)
         acc = {k: torch.zeros_like(t, dtype=torch.float64) for k, t in mask.tensors.items()}
         for k in range(steps):
