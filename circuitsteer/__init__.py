@@ -22,6 +22,7 @@ from circuitsteer.circuit import CircuitEdge as CircuitEdge
 from circuitsteer.circuit import full_edge_graph as full_edge_graph
 from circuitsteer.circuit import load_circuit as load_circuit
 from circuitsteer.circuit import shipped_circuits as shipped_circuits
+from circuitsteer.discovery import DiscoveryError as DiscoveryError
 from circuitsteer.errors import AnalysisError as AnalysisError
 from circuitsteer.errors import CircuitFormatError as CircuitFormatError
 from circuitsteer.errors import CircuitSteerError as CircuitSteerError
@@ -66,7 +67,7 @@ __all__ = [
     # interventions and steering vectors
     "Ablate", "Add", "Patch", "ProjectOut", "Scale", "Site", "SteeringVector",
     # typed errors (every one a CircuitSteerError)
-    "AnalysisError", "CircuitFormatError", "CircuitSteerError", "InterventionError",
+    "AnalysisError", "CircuitFormatError", "DiscoveryError", "CircuitSteerError", "InterventionError",
     "ModelNotAvailableError", "NodeNameError", "PositionError", "ShapeMismatchError", "TaskError",
     "UnsupportedArchitectureError", "UntrustedPickleError", "VectorError", "VectorMismatchError",
 ]  # fmt: skip
