@@ -259,7 +259,9 @@ def run_meta(method: str, model: Any, metric: str, ablation: str, positions: Any
         "model": getattr(model, "name", None),
         "metric": metric,
         "ablation": ablation,
-        "positions": positions if isinstance(positions, str | int) else list(positions),
+        "positions": "all"
+        if positions is None
+        else (positions if isinstance(positions, str | int) else list(positions)),
         "data": data_meta(task),
         "seed": None,
         **more,

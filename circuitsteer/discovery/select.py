@@ -34,6 +34,15 @@ import numpy as np
 from circuitsteer.discovery._common import DiscoveryError, EdgeScores, channel
 
 BY = ("abs", "signed")
+# where each method comes from (a circuit's ``source``)
+SOURCES = {
+    "acdc": "ACDC (Conmy et al. 2023)",
+    "eap": "edge attribution patching (Syed et al. 2023)",
+    "eap-ig-inputs": "EAP-IG on inputs (Hanna et al. 2024)",
+    "eap-ig-activations": "EAP-IG on activations (Hanna et al. 2024; integrated gradients "
+    "along the edge mask, Miller et al. 2024)",
+    "exact": "exact single-edge activation patching (Wang et al. 2022; Conmy et al. 2023)",
+}
 
 
 def ranking(scores: EdgeScores, by: str = "abs") -> np.ndarray:
@@ -63,7 +72,8 @@ def to_circuit(
     c = cs.Circuit(
         name or f"{scores.meta.get('method', 'discovered')}",
         model=scores.meta.get("model"),
-        source=f"circuitsteer.discovery ({scores.meta.get('method')})",
+        source=f"{SOURCES.get(str(scores.meta.get('method')), 'discovered')}, "
+        "found with circuitsteer.discovery",
         shape=scores.shape,
         metadata=_jsonable(meta),
     )
