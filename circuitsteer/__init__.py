@@ -34,6 +34,10 @@ from circuitsteer.errors import ShapeMismatchError as ShapeMismatchError
 from circuitsteer.errors import TaskError as TaskError
 from circuitsteer.errors import UnsupportedArchitectureError as UnsupportedArchitectureError
 from circuitsteer.errors import UntrustedPickleError as UntrustedPickleError
+from circuitsteer.errors import SpecError as SpecError
+from circuitsteer.errors import RunError as RunError
+from circuitsteer.errors import BackendUnavailableError as BackendUnavailableError
+from circuitsteer.errors import ReportError as ReportError
 from circuitsteer.interventions import Ablate as Ablate
 from circuitsteer.interventions import Add as Add
 from circuitsteer.interventions import Patch as Patch
@@ -70,4 +74,5 @@ __all__ = [
     "AnalysisError", "CircuitFormatError", "DiscoveryError", "CircuitSteerError", "InterventionError",
     "ModelNotAvailableError", "NodeNameError", "PositionError", "ShapeMismatchError", "TaskError",
     "UnsupportedArchitectureError", "UntrustedPickleError", "VectorError", "VectorMismatchError",
+    "SpecError", "RunError", "BackendUnavailableError", "ReportError",
 ]  # fmt: skip

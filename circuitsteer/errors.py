@@ -68,3 +68,23 @@ class InterventionError(CircuitSteerError, ValueError):
 class AnalysisError(CircuitSteerError, ValueError):
     """An analysis got arguments it cannot use: no heads, an unknown score kind or metric, a
     sequence longer than the model's context, a sender with no receiver downstream of it."""
+
+
+class SpecError(CircuitSteerError, ValueError):
+    """An analysis spec (YAML) is invalid: the message names the file, the offending key and its
+    line, and the fix suggests the nearest valid key or value."""
+
+
+class RunError(CircuitSteerError, ValueError):
+    """A run directory cannot be created, resumed or read: an unknown run id, a resume whose spec
+    differs from the one the run was started with, or a directory that is not a run."""
+
+
+class BackendUnavailableError(CircuitSteerError, RuntimeError):
+    """A run backend is not installed or not reachable (``--backend ray`` without Ray: install
+    the extra with ``pip install 'circuitsteer[ray]'``; or a Ray address that does not answer)."""
+
+
+class ReportError(CircuitSteerError, ValueError):
+    """A report cannot be made: the folder is not a run (no results.parquet / spec), or the
+    results lack the columns an analysis's section needs."""
