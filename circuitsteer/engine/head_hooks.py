@@ -59,11 +59,20 @@ class HeadHooks(HookBase):
                 rows += [state.delta_rows[id(t)] for t in deltas]
                 g = groups[("edit", h, ch)] = QKVGroup(xe, merge_spans(rows))
                 g.members.append((h, ch))
-            if torch.is_grad_enabled():  # a captured head input must be its own, on the path
+            if torch.is_grad_enabled():
+                # a captured head input must be its own tensor on the path to its own projection
+                # only: a group's shared input would collect the gradient of every member
                 for h, ch in caps:
-                    if not any((h, ch) in g.members for g in groups.values()):
-                        g = groups[("capture", h, ch)] = QKVGroup(x.clone(), [(0, x.shape[0])])
-                        g.members.append((h, ch))  # type: ignore[arg-type]
+                    g = next((g for g in groups.values() if (h, ch) in g.members), None)
+                    if g is None:
+                        own = QKVGroup(x.clone(), [(0, x.shape[0])])
+                    elif len(g.members) > 1:
+                        g.members.remove((h, ch))  # type: ignore[arg-type]
+                        own = QKVGroup(g.x.clone(), list(g.spans))
+                    else:
+                        continue
+                    own.members.append((h, ch))  # type: ignore[arg-type]
+                    groups[("capture", h, ch)] = own
             for g in groups.values():
                 for h, ch in g.members:
                     state.qkv_of[(L, h, ch)] = g

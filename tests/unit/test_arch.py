@@ -408,3 +408,37 @@ def test_grouped_query_shape():
     assert model.arch.qkv_cols("k", 3) == slice(8, 16) and model.arch.qkv_cols("q", 3) == slice(
         24, 32
     )
+
+
+@pytest.mark.parametrize("key", ["gpt2", "llama-gqa"])
+def test_gradient_at_captured_head_inputs_under_shared_edge_changes(key, data):
+    """A captured q/k/v input is the head's own: when one edge change reaches several receivers
+    (they share one effective input), the gradient at one head's input counts that head's path
+    only. Checked, with and without a no-op patch from the input to every q/k/v receiver of
+    layers 1-2, against the gradient of a zero vector added at that head's channel (summed over
+    rows and positions) and against finite differences (float64)."""
+    model = build(key)
+    model.hf.double()
+    tokens = data[0]
+    _, clean = run(model, tokens, capture=["input"])
+    receivers = tuple(f"a{L}.h{h}<{c}>" for L in (1, 2) for h in range(4) for c in "qkv")
+    noop = [cs.Patch(cs.Site("input", to=receivers), clean["input"])]
+    D = vec(model.shape.d_model, 9).double()  # added at every position
+
+    def f(logits):
+        return logits[:, -1, 3].sum()
+
+    for ivs in ([], noop):
+        for name in ("a1.h0<q>", "a1.h2<k>", "a2.h1<v>"):
+            logits, cache = run(model, tokens, ivs, capture=[name], grad=True)
+            (g,) = torch.autograd.grad(f(logits), cache[name])
+            site = cs.Site(name[:-3], channel=name[-2])
+            zero = torch.zeros_like(D, requires_grad=True)
+            logits, _ = run(model, tokens, [*ivs, cs.Add(site, zero)], grad=True)
+            (gv,) = torch.autograd.grad(f(logits), zero)
+            assert torch.allclose(g.sum((0, 1)), gv, rtol=1e-9, atol=1e-12), (ivs != [], name)
+            eps = 1e-3  # attention softmax runs in float32 as in Hugging Face: no smaller eps
+            up, _ = run(model, tokens, [*ivs, cs.Add(site, D, coef=eps)])
+            dn, _ = run(model, tokens, [*ivs, cs.Add(site, D, coef=-eps)])
+            fd = (f(up) - f(dn)) / (2 * eps)
+            assert torch.allclose((g * D).sum(), fd, rtol=1e-2, atol=1e-5), (ivs != [], name)
