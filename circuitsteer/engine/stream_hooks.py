@@ -63,8 +63,12 @@ class StreamHooks(HookBase):
             deltas = self.state.deltas.get(("mlp_in", L, -1, ""))
             if deltas:
                 x = summed(x, deltas)
+            elif torch.is_grad_enabled() and ("mlp_in", L) in self.captures:
+                # the MLP's own input, not the residual stream it was read from: the gradient
+                # at it then counts the MLP's path only, with or without edge deltas
+                x = x.clone()
             self._capture("mlp_in", L, x)
-            return (x,) if deltas else None
+            return (x,) if deltas or x is not args[0] else None
 
         return hook
 

@@ -442,3 +442,30 @@ def test_gradient_at_captured_head_inputs_under_shared_edge_changes(key, data):
             dn, _ = run(model, tokens, [*ivs, cs.Add(site, D, coef=-eps)])
             fd = (f(up) - f(dn)) / (2 * eps)
             assert torch.allclose((g * D).sum(), fd, rtol=1e-2, atol=1e-5), (ivs != [], name)
+
+
+@pytest.mark.parametrize("key", ["gpt2", "gpt_neox", "llama-gqa"])
+def test_gradient_at_a_captured_mlp_input_is_the_mlps_own(key, data):
+    """``m1:in`` under grad is the MLP's own input (not the residual stream it was read from), with
+    or without an edge delta into it: its gradient equals that of a zero vector sent from the
+    input to ``m1`` only, summed over rows and positions."""
+    model = build(key)
+    model.hf.double()
+    tokens = data[0]
+    _, clean = run(model, tokens, capture=["input"])
+    # an edge delta into m1 from another sender (a0.h1: same site would conflict with the Add)
+    _, c0 = run(model, tokens, capture=["a0.h1"])
+    noop = [cs.Patch(cs.Site("a0.h1", to=("m1", "a1.h0<q>")), c0["a0.h1"])]
+
+    def f(logits):
+        return logits[:, -1, 3].sum()
+
+    for ivs in ([], noop):
+        logits, cache = run(model, tokens, ivs, capture=["m1:in"], grad=True)
+        (g,) = torch.autograd.grad(f(logits), cache["m1:in"])
+        zero = torch.zeros(model.shape.d_model, dtype=torch.float64, requires_grad=True)
+        logits, _ = run(
+            model, tokens, [*ivs, cs.Add(cs.Site("input", to=("m1",)), zero)], grad=True
+        )
+        (gv,) = torch.autograd.grad(f(logits), zero)
+        assert torch.allclose(g.sum((0, 1)), gv, rtol=1e-9, atol=1e-12), ivs != []
