@@ -100,14 +100,12 @@ def captured_receiver_grads(
     """:func:`receiver_grads` through the engine: ``engine.run(grad=True)`` with captures.
 
     Heads: their q/k/v input captures (each its own copy of the residual). Logits: the final
-    norm's input. An MLP's own input gradient is the gradient at its input site (the residual
-    there, read by everything downstream) minus the residual's own path past the block
-    (``resid_post``), and, with a parallel residual where the MLP reads the layer's input, minus
-    the layer's heads' inputs."""
+    norm's input. MLPs: their ``m{L}:in`` captures (under autograd the MLP's own copy of its
+    input, so the gradient is the MLP's path only)."""
     s = model.shape
     heads = [r for L in range(s.n_layers) for r in _head_receivers(s, L)]
     n_mlp = s.n_layers if s.d_mlp > 0 else 0
-    mlp_caps = [f"{mlp(L)}:in" for L in range(n_mlp)] + [f"resid_post.{L}" for L in range(n_mlp)]
+    mlp_caps = [f"{mlp(L)}:in" for L in range(n_mlp)]
     names = [*heads, "logits:in", *mlp_caps]
     ivs = [] if input_value is None else [Patch(Site("input"), input_value.detach())]
     B = task.clean.shape[0]
@@ -122,10 +120,7 @@ def captured_receiver_grads(
         out[f"a{L}"] = torch.stack([grads[r].reshape(-1) for r in _head_receivers(s, L)])
     out["logits"] = grads["logits:in"].reshape(1, -1)
     for L in range(n_mlp):
-        g = grads[f"{mlp(L)}:in"] - grads[f"resid_post.{L}"]
-        if s.parallel_residual:
-            g = g - out[f"a{L}"].sum(0).view_as(g)
-        out[mlp(L)] = g.reshape(1, -1)
+        out[mlp(L)] = grads[f"{mlp(L)}:in"].reshape(1, -1)
     return {k: v.detach() for k, v in out.items()}
 
 
