@@ -31,6 +31,12 @@ def _root(
 ) -> None:
     """Circuit-targeted activation engineering on transformer language models."""
     _state["debug"] = debug
+    # Hugging Face's weight-loading bars and advisory warnings drown the command's own output;
+    # set before transformers is first imported (the commands import it lazily)
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def friendly(fn: F) -> F:
