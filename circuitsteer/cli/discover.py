@@ -137,14 +137,6 @@ def discover(
 def _from_spec(path: Path, quiet: bool) -> None:
     """Run only the spec's discovery analyses, as ``circuitsteer run`` would."""
     import circuitsteer as cs
-    from circuitsteer import runner, spec
 
-    s = spec.load_spec(path)
-    kinds = {a.name: a.kind for a in s.analyses}
-    if "discovery" not in kinds.values():
-        raise cs.SpecError(
-            f"{path}: no analysis of kind 'discovery' (kinds: {sorted(set(kinds.values()))})",
-            fix="add an analyses entry with kind: discovery, or run it with `circuitsteer run`",
-        )
-    run_dir = runner.run_spec(s, quiet=quiet, only_kinds=("discovery",))
+    run_dir = cs.runner.run_spec(path, quiet=quiet, only_kinds=("discovery",))
     console.print(f"run written to {run_dir}", highlight=False)
