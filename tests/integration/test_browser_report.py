@@ -104,7 +104,7 @@ def test_injected_script_does_not_run(browser_context, tmp_path):
     import pandas as pd
     import yaml
 
-    import circuitsteer as cs
+    from circuitsteer.report import render_report
 
     xss = "<script>alert(1)</script><img src=x onerror=alert(2)>"
     run = tmp_path / "run"
@@ -113,7 +113,7 @@ def test_injected_script_does_not_run(browser_context, tmp_path):
     (run / "spec.yaml").write_text(yaml.safe_dump(spec))
     pd.DataFrame({"analysis": [xss], "kind": ["grid"], "node": ["a0.h0"], "operation": ["ablate"],
                   "metric": ["logit_diff"], "value": [1.0], "variant": [xss]}).to_parquet(run / "results.parquet")  # fmt: skip
-    out = cs.report.render_report(run)
+    out = render_report(run)
     page, errors, requests, dialogs = _open(browser_context, out / "report.html")
     try:
         assert dialogs == [] and errors == []

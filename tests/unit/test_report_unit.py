@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import circuitsteer as cs
-from circuitsteer.report import render
+from circuitsteer.report import render, render_report
 from circuitsteer.report.render import md_code, md_escape, md_fence
 from circuitsteer.report.stats import fmt, row_interval, t_interval, t_quantile
 
@@ -96,24 +96,24 @@ def test_intervals_say_how_they_were_computed():
 
 def test_not_a_run_is_a_report_error(tmp_path):
     with pytest.raises(cs.ReportError, match="no such folder"):
-        cs.report.render_report(tmp_path / "missing")
+        render_report(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(cs.ReportError, match="spec.yaml or results.parquet"):
-        cs.report.render_report(tmp_path / "empty")
+        render_report(tmp_path / "empty")
     run = write_run(tmp_path / "nocols", grid_rows().drop(columns=["kind"]))
     with pytest.raises(cs.ReportError, match="kind"):
-        cs.report.render_report(run)
+        render_report(run)
     bad = write_run(tmp_path / "badyaml", grid_rows())
     (bad / "spec.yaml").write_text("name: [unclosed")
     with pytest.raises(cs.ReportError, match="YAML"):
-        cs.report.render_report(bad)
+        render_report(bad)
 
 
 def test_report_of_a_synthetic_run(tmp_path):
     spec = {"name": "s", "model": "ioi-circuit", "task": {"name": "ioi", "n": 8, "seed": 0},
             "circuit": None, "analyses": [{"name": "grid", "kind": "grid"}]}  # fmt: skip
     run = write_run(tmp_path / "run", grid_rows(), spec, {"seed": 0, "versions": {"torch": "x"}})
-    out = cs.report.render_report(run)
+    out = render_report(run)
     assert out == run / "report"
     names = sorted(p.name for p in out.iterdir())
     assert names == [".circuitsteer-report", "figures", "report.html", "report.md", "tables"]
@@ -130,7 +130,7 @@ def test_user_text_is_escaped_in_both_formats(tmp_path):
             "circuit": None, "analyses": [{"name": f"grid {XSS} | *", "kind": "grid", "note": EVIL}],
             "report": {"title": f"Title {XSS} *x* | y"}}  # fmt: skip
     rows = grid_rows(label=EVIL).assign(analysis=f"grid {XSS} | *")
-    out = cs.report.render_report(write_run(tmp_path / "run", rows, spec))
+    out = render_report(write_run(tmp_path / "run", rows, spec))
     html = (out / "report.html").read_text()
     assert XSS not in html and "<script" not in html.lower()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -159,7 +159,7 @@ def test_unknown_kinds_and_unreadable_rows_fall_back_to_a_table(tmp_path):
     ], ignore_index=True)  # fmt: skip
     spec = {"name": "s", "model": "nope", "analyses": [{"name": "mystery", "kind": "brand_new_kind"},
             {"name": "sweep", "kind": "coefficient_sweep"}, {"name": "absent", "kind": "grid"}]}  # fmt: skip
-    out = cs.report.render_report(write_run(tmp_path / "run", rows, spec))
+    out = render_report(write_run(tmp_path / "run", rows, spec))
     md = (out / "report.md").read_text()
     assert "No dedicated section for kind 'brand\\_new\\_kind'" in md
     assert "could not be built from these rows" in md  # sweep without level/coef columns
@@ -169,7 +169,7 @@ def test_unknown_kinds_and_unreadable_rows_fall_back_to_a_table(tmp_path):
 
 def test_failure_leaves_no_half_report_and_keeps_the_old_one(tmp_path, monkeypatch):
     run = write_run(tmp_path / "run", grid_rows(), {"name": "s", "analyses": [{"name": "grid", "kind": "grid"}]})  # fmt: skip
-    out = cs.report.render_report(run)
+    out = render_report(run)
     before = (out / "report.html").read_text()
 
     def boom(*a, **k):
@@ -177,11 +177,11 @@ def test_failure_leaves_no_half_report_and_keeps_the_old_one(tmp_path, monkeypat
 
     monkeypatch.setattr(render, "_environments", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        cs.report.render_report(run)
+        render_report(run)
     assert (out / "report.html").read_text() == before
     assert sorted(p.name for p in run.iterdir()) == ["report", "results.parquet", "spec.yaml"]
     with pytest.raises(RuntimeError):
-        cs.report.render_report(run, tmp_path / "new")
+        render_report(run, tmp_path / "new")
     assert not (tmp_path / "new").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
@@ -192,10 +192,10 @@ def test_never_overwrites_a_folder_that_is_not_a_report(tmp_path):
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
     with pytest.raises(cs.ReportError, match="not a circuitsteer report"):
-        cs.report.render_report(run, precious)
+        render_report(run, precious)
     assert (precious / "thesis.tex").read_text() == "years of work"
-    out = cs.report.render_report(run, tmp_path / "elsewhere")
-    assert (out / "report.md").is_file() and cs.report.render_report(run, out) == out
+    out = render_report(run, tmp_path / "elsewhere")
+    assert (out / "report.md").is_file() and render_report(run, out) == out
 
 
 def test_templates_ship_as_package_data():
