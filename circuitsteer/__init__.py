@@ -15,6 +15,9 @@ from circuitsteer import errors as errors
 from circuitsteer import formats as formats
 from circuitsteer import metrics as metrics
 from circuitsteer import nodes as nodes
+from circuitsteer import report as report
+from circuitsteer import runner as runner
+from circuitsteer import spec as spec
 from circuitsteer import tasks as tasks
 from circuitsteer import vectors as vectors
 from circuitsteer.circuit import Circuit as Circuit
@@ -61,7 +64,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # modules
-    "analysis", "circuit", "discovery", "engine", "errors", "formats", "metrics", "nodes", "tasks", "vectors",
+    "analysis", "circuit", "discovery", "engine", "errors", "formats", "metrics", "nodes", "report", "runner", "spec", "tasks", "vectors",
     # models
     "Model", "ModelShape", "load_model", "random_gpt2", "random_model", "zoo_descriptions",
     "zoo_names",
