@@ -119,7 +119,9 @@ def tidy(df: Any) -> pd.DataFrame:
         if out[c].dtype == object:
             vals = out[c].dropna()
             if vals.map(lambda x: isinstance(x, str)).any():
-                out[c] = out[c].map(lambda x: x if x is None or isinstance(x, str) else str(x))
+                out[c] = out[c].map(
+                    lambda x: x if isinstance(x, str) else None if pd.isna(x) else str(x)
+                )
             elif vals.map(lambda x: isinstance(x, bool)).all():
                 out[c] = out[c].astype("boolean")
             else:
@@ -155,6 +157,18 @@ def write_example_run(
     (p / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     results.to_parquet(p / "results.parquet", index=False)
     return p
+
+
+def cached_example(base: str | Path, n: int = 24) -> Path:
+    """The example run (with its report in ``report/``) under ``base``, made once: later calls
+    with the same ``base`` reuse it (tests in several modules share one)."""
+    from circuitsteer.report import render_report
+
+    run = Path(base) / "example-run"
+    if not (run / "report" / "report.html").is_file():
+        write_example_run(run, n=n)
+        render_report(run)
+    return run
 
 
 if __name__ == "__main__":  # pragma: no cover

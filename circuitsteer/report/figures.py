@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,11 @@ def heatmap(matrix: Any, title: str, label: str, annotate: bool | None = None) -
     fig, ax = new_figure(max(4.0, 0.55 * w + 2.0), max(2.6, 0.45 * h + 1.2))
     lim = _limit(matrix.to_numpy().ravel())
     annotate = (h * w <= 160) if annotate is None else annotate
-    sns.heatmap(matrix.astype(float), ax=ax, cmap="RdBu_r", vmin=-lim, vmax=lim, center=0,
-                annot=annotate, fmt=".2f", annot_kws={"fontsize": 7}, linewidths=0.5,
-                linecolor="white", cbar_kws={"label": label})  # fmt: skip
+    with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib deprecates
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        sns.heatmap(matrix.astype(float), ax=ax, cmap="RdBu_r", vmin=-lim, vmax=lim, center=0,
+                    annot=annotate, fmt=".2f", annot_kws={"fontsize": 7}, linewidths=0.5,
+                    linecolor="white", cbar_kws={"label": label})  # fmt: skip
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_title(title, fontsize=10)

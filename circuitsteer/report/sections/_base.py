@@ -91,14 +91,16 @@ def cell(v: Any) -> str:
     >>> cell(3), cell(2.0), cell(None), cell(float("nan")), cell("a|b")
     ('3', '2.000', '', '', 'a|b')
     """
-    if v is None or v is pd.NA or v is pd.NaT:
+    try:
+        missing = bool(pd.isna(v))
+    except (TypeError, ValueError):  # a list or array in a cell
+        missing = False
+    if missing:
         return ""
-    if isinstance(v, bool):
+    if isinstance(v, (bool, str)):
         return str(v)
     if isinstance(v, int) or (hasattr(v, "dtype") and getattr(v.dtype, "kind", "") in "iu"):
         return str(int(v))
-    if isinstance(v, float) and math.isnan(v):
-        return ""
     return fmt(v)
 
 

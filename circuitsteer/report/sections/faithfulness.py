@@ -54,6 +54,15 @@ def faithfulness(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) -> Se
                                 "`value` = F(C)/F(M); `value_lo/_hi`: 95% interval (bootstrap: "
                                 "examples resampled in pairs); `normalized` = (F(C) - F(∅)) / "
                                 "(F(M) - F(∅))."))  # fmt: skip
+        if len(t) > 1:
+            cases = "; ".join(
+                f"{r.level} {r.mode}: {fmt(r.value)} [{fmt(r.value_lo)}, {fmt(r.value_hi)}]"
+                for r in t.itertuples(index=False)
+            )
+            methods = ", ".join(sorted(set(t["ci"].astype(str))))
+            sec.headlines.append(Headline(
+                f"F(C)/F(M) of the circuit {t['node'].iloc[0]} by ablation: {cases} "
+                f"(95% intervals: {methods})."))  # fmt: skip
         for r in t.itertuples(index=False):
             iv = Interval(float(r.value), float(r.value_lo), float(r.value_hi), str(r.ci),
                           _n(f, r))  # fmt: skip

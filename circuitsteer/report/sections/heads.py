@@ -56,6 +56,8 @@ def head_ablation(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) -> S
     if col == "effect" and "value" in heads.columns:
         vals = heads.groupby(["node", *keys], dropna=False, sort=False)["value"].mean()
         agg = agg.merge(vals.rename("value").reset_index(), on=["node", *keys], how="left")
+    if "value" in agg.columns:  # the metric itself beside its change
+        agg.insert(agg.columns.get_loc(col), "value", agg.pop("value"))
     order = agg[col].abs().sort_values(ascending=False, kind="stable").index
     agg = agg.iloc[order].reset_index(drop=True)
     groups = list(agg.groupby(keys, dropna=False, sort=False)) if keys else [((), agg)]

@@ -12,7 +12,7 @@ Example:
     ...                      "coef": [0.0, 4.0, 16.0], "value": [0.0, 0.2, 2.5]})
     >>> s = coefficient_sweep(Context(run=None), {"name": "sweep"}, rows, "sweep")
     >>> s.headlines[0].text
-    'Adding the vector at resid_pre.2 breaks the model at c = 16 (neutral-text KL 2.500 >= 1 nat; at c = 4 it is 0.200).'
+    'Adding the vector at resid_pre.2 breaks the model at c = 16 (neutral-text KL 2.500 ≥ 1 nat; at c = 4 it is 0.200).'
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def coefficient_sweep(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) 
     if bc is not None:
         sec.headlines.append(Headline(
             f"Adding the vector at {site} breaks the model at c = {bc:g} (neutral-text KL "
-            f"{fmt(bkl)} >= {thr:g} nat; at c = {prev:g} it is "
+            f"{fmt(bkl)} ≥ {thr:g} nat; at c = {prev:g} it is "
             f"{fmt(_kl_at(t, prev))})."))  # fmt: skip
     else:
         kl = t[(t["data"] == "neutral") & (t["metric"] == "kl")]
