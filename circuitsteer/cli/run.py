@@ -4,7 +4,7 @@ make its report when ``circuitsteer.report`` is installed."""
 from __future__ import annotations
 
 import importlib
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +14,7 @@ from rich.markup import escape
 from circuitsteer.cli._app import BAD_INPUT, _state, app, console, err_console, friendly
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     local = "local"
     ray = "ray"
 
@@ -22,14 +22,24 @@ class Backend(str, Enum):
 @app.command("run")
 @friendly
 def run(
-    spec: Annotated[Path, typer.Argument(help="a YAML spec, e.g. analyses/ablation_vs_addition.yaml")],
-    backend: Annotated[Backend, typer.Option(help="where shards run: this process or Ray")] = Backend.local,  # fmt: skip
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray)")] = None,  # fmt: skip
-    resume: Annotated[str | None, typer.Option(help="continue runs/RUN_ID instead of starting a new run")] = None,  # fmt: skip
+    spec: Annotated[
+        Path, typer.Argument(help="a YAML spec, e.g. analyses/ablation_vs_addition.yaml")
+    ],
+    backend: Annotated[
+        Backend, typer.Option(help="where shards run: this process or Ray")
+    ] = Backend.local,  # fmt: skip
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: a local Ray)")
+    ] = None,  # fmt: skip
+    resume: Annotated[
+        str | None, typer.Option(help="continue runs/RUN_ID instead of starting a new run")
+    ] = None,  # fmt: skip
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     runs_dir: Annotated[Path, typer.Option(help="folder holding the runs")] = Path("runs"),
     workers: Annotated[int | None, typer.Option(help="Ray actors (default: one per CPU)")] = None,
-    no_report: Annotated[bool, typer.Option("--no-report", help="do not render the report")] = False,  # fmt: skip
+    no_report: Annotated[
+        bool, typer.Option("--no-report", help="do not render the report")
+    ] = False,  # fmt: skip
 ) -> None:
     """Run every analysis of SPEC, shard by shard, into runs/<id>/ (spec.yaml, meta.json,
     shards/, results.parquet); a killed run continues with --resume <id>.

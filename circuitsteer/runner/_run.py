@@ -160,7 +160,14 @@ def run_spec(
                                           "seconds": round(seconds, 3), "backend": backend}  # fmt: skip
         rd.write_meta(meta)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # fmt: skip
+    from rich.progress import (  # fmt: skip
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip

@@ -88,10 +88,12 @@ def expand(params: dict[str, Any], shape: ModelShape, circuit: Any = None,
             elif kind == "scale":
                 cases += [Case(s, pos, "scale", coef=float(f)) for s in sites for f in op["factors"]]  # fmt: skip
             elif kind == "add":
-                cases += [Case(vs.get(v, v), pos, "add", coef=float(c), vector=v)
+                cases += [Case(str(vs.get(v) or v), pos, "add", coef=float(c), vector=v)
                           for v in op["vectors"] for c in op["coefs"]]  # fmt: skip
             else:
-                cases += [Case(vs.get(v, v), pos, "project_out", vector=v) for v in op["vectors"]]
+                cases += [
+                    Case(str(vs.get(v) or v), pos, "project_out", vector=v) for v in op["vectors"]
+                ]
     return cases
 
 

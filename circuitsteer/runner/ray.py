@@ -58,7 +58,9 @@ class _Worker:
     def info(self) -> dict[str, Any]:
         return {"model_hash": self.ctx.model_hash, "load_s": self.ctx.load_s, "pid": os.getpid()}
 
-    def run(self, index: int, analysis: str, payload: dict[str, Any]) -> tuple[int, pd.DataFrame, float]:
+    def run(
+        self, index: int, analysis: str, payload: dict[str, Any]
+    ) -> tuple[int, pd.DataFrame, float]:
         from circuitsteer.runner import _kinds
 
         t0 = time.perf_counter()

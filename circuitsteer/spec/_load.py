@@ -51,7 +51,9 @@ class _Problems:
     def raise_if_any(self) -> None:
         if not self.items:
             return
-        head = f"invalid spec {self.source} ({len(self.items)} problem{'s' * (len(self.items) > 1)})"
+        head = (
+            f"invalid spec {self.source} ({len(self.items)} problem{'s' * (len(self.items) > 1)})"
+        )
         body = [f"  {self.source}:{i['line'] or '?'}: {_dotted(i['path'])}: {i['message']}"
                 + (f" ({i['fix']})" if i["fix"] else "") for i in self.items]  # fmt: skip
         fix = self.items[0]["fix"] if len(self.items) == 1 and self.items[0]["fix"] else None
@@ -98,9 +100,9 @@ def _model_at(data: Any, path: tuple) -> type[BaseModel] | None:
         elif parent == () and p in ("vectors", "analyses"):
             model = None
         elif len(path[:i]) == 1 and path[0] == "analyses" and isinstance(p, int):
-            model = S.KIND_MODELS.get(node.get("kind")) if isinstance(node, dict) else None
+            model = S.KIND_MODELS.get(str(node.get("kind"))) if isinstance(node, dict) else None
         elif isinstance(p, int) and len(path[:i]) >= 3 and path[i - 1] == "operations":
-            model = S.OP_MODELS.get(node.get("op")) if isinstance(node, dict) else None
+            model = S.OP_MODELS.get(str(node.get("op"))) if isinstance(node, dict) else None
         elif isinstance(p, int) and path[i - 1] == "interventions":
             model = S.InterventionModel
         elif p == "curve":
@@ -322,7 +324,9 @@ def load_spec(path: str | Path) -> Spec:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"no spec file {str(p)!r}", fix="give the path of a YAML spec, e.g. analyses/ablation_vs_addition.yaml")  # fmt: skip
-    return load_spec_text(p.read_text(), source=str(p), name=p.stem.replace(" ", "_"), base=p.parent)
+    return load_spec_text(
+        p.read_text(), source=str(p), name=p.stem.replace(" ", "_"), base=p.parent
+    )
 
 
 def spec_from_dict(data: dict[str, Any], source: str = "<dict>") -> Spec:

@@ -45,7 +45,9 @@ class VectorModel(_Base):
     @model_validator(mode="after")
     def _one_source(self) -> VectorModel:
         if (self.recipe is None) == (self.file is None):
-            raise ValueError("give exactly one of 'recipe' (mean_difference, random_like) or 'file'")
+            raise ValueError(
+                "give exactly one of 'recipe' (mean_difference, random_like) or 'file'"
+            )
         if self.recipe == "mean_difference" and not self.site:
             raise ValueError("recipe mean_difference needs a 'site' (e.g. a2.h1 or resid_pre.2)")
         if self.recipe == "random_like" and not self.of:
@@ -156,7 +158,9 @@ class DownstreamAnalysis(_Analysis):
 class SweepAnalysis(_Analysis):
     kind: Literal["coefficient_sweep"]
     vectors: list[str] = Field(min_length=1)
-    coefs: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+    coefs: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+    )
     positions: Positions = "all"
     kl_threshold: float = 1.0
     n_diag: int = Field(32, ge=1)
@@ -232,10 +236,10 @@ class SpecModel(_Base):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str | None = None
     model: str
-    task: TaskModel = Field(default_factory=TaskModel)
+    task: TaskModel = Field(default_factory=lambda: TaskModel.model_validate({}))
     circuit: str | None = None
     seed: int = 0
     vectors: dict[str, VectorModel] = Field(default_factory=dict)
     metrics: list[MetricName] = Field(default_factory=lambda: ["logit_diff"], min_length=1)
     analyses: list[Analysis] = Field(min_length=1)
-    report: ReportModel = Field(default_factory=ReportModel)
+    report: ReportModel = Field(default_factory=lambda: ReportModel.model_validate({}))

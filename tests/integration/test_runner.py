@@ -38,7 +38,9 @@ analyses:
 report: {title: small}
 """
 
-ALL_KINDS = SMALL.replace("report: {title: small}\n", """\
+ALL_KINDS = SMALL.replace(
+    "report: {title: small}\n",
+    """\
   - {name: cmp, kind: compare_ablation_addition, coefs: [1], nodes: [a1.h3, a2.h4, m3], vectors: [v], n_boot: 20, nodes_per_shard: 2}
   - name: down
     kind: downstream_effects
@@ -54,7 +56,8 @@ ALL_KINDS = SMALL.replace("report: {title: small}\n", """\
     curve: {scores: ioi-circuit/eap-ig, fractions: [0.1, 1.0]}
   - {name: pca, kind: pca_study, sites: [resid_pre.2], k: 1, coefs: [2], n_boot: 20}
   - {name: eap, kind: discovery, method: eap}
-""")
+""",
+)
 
 
 def _plain(df: pd.DataFrame) -> pd.DataFrame:
@@ -85,8 +88,10 @@ def test_run_folder(small_run, small_spec):
     assert {"load_s", "shards_s", "total_s"} <= set(meta["timings"])
     # grid: 3 sites x 2 positions x 4 + 2 positions x 2 coefs = 28 variants -> 6 shards; heads: 2
     shards = sorted((small_run / "shards").glob("*.parquet"))
-    assert [p.name for p in shards] == [f"{i:05d}.parquet" for i in range(8)] == sorted(
-        f"{k}.parquet" for k in meta["shards"]
+    assert (
+        [p.name for p in shards]
+        == [f"{i:05d}.parquet" for i in range(8)]
+        == sorted(f"{k}.parquet" for k in meta["shards"])
     )
     df = pd.read_parquet(small_run / "results.parquet")
     parts = pd.concat([pd.read_parquet(p) for p in shards], ignore_index=True)
