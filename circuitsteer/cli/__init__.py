@@ -20,6 +20,8 @@ from circuitsteer.cli import circuits as circuits  # noqa: E402, I001
 from circuitsteer.cli import demo as demo  # noqa: E402
 from circuitsteer.cli import discover as discover  # noqa: E402
 from circuitsteer.cli import models as models  # noqa: E402
+from circuitsteer.cli import report as report  # noqa: E402
+from circuitsteer.cli import run as run  # noqa: E402
 from circuitsteer.cli import vectors as vectors  # noqa: E402
 from circuitsteer.cli._app import app as app
 from circuitsteer.cli._app import main as main
