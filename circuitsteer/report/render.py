@@ -132,6 +132,7 @@ class Report:
     title: str
     run: Run
     summary: list[str]
+    description: str
     overview: list[tuple[str, str]]
     spec_yaml: str
     model_facts: list[tuple[str, str]]
@@ -231,6 +232,7 @@ def build(run: Run) -> Report:
                                 "Columns by depth; nodes coloured by class, edges by channel.")  # fmt: skip
     return Report(
         title=run.title, run=run, summary=summary, overview=overview,
+        description=str(run.spec.get("description") or ""),
         spec_yaml=_yaml(run.spec), model_facts=_model_facts(model, ctx.shape),
         circuit_facts=circuit_facts, circuit_figure=circuit_figure, sections=sections,
         provenance=_flatten(run.meta), warnings=warnings,
@@ -280,9 +282,20 @@ def _yaml(spec: dict[str, Any]) -> str:
 
 
 def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested keys as ``a.b.c``; a long mapping of records (the runner's ``shards``) becomes one
+    line: how many, and their summed ``seconds`` / ``rows``.
+
+    >>> _flatten({"seed": 0, "versions": {"torch": "2.13"}, "shards": {str(i): {"rows": 2, "seconds": 0.5} for i in range(9)}})
+    [('seed', '0'), ('versions.torch', '2.13'), ('shards', '9 entries; rows 18; seconds 4.5')]
+    """
     out: list[tuple[str, str]] = []
     if isinstance(d, dict):
         for k, v in d.items():
+            if isinstance(v, dict) and len(v) > 8 and all(isinstance(x, dict) for x in v.values()):
+                sums = [f"{f} {sum(x[f] for x in v.values()):g}" for f in ("rows", "seconds")
+                        if all(isinstance(x.get(f), (int, float)) for x in v.values())]  # fmt: skip
+                out.append((f"{prefix}{k}", "; ".join([f"{len(v)} entries", *sums])))
+                continue
             out += _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [(f"{prefix}{k}", _short(v))]  # fmt: skip
     return out
 
