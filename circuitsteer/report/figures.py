@@ -103,7 +103,13 @@ def interval_bars(
     xlabel: str | None = None,
     horizontal: bool = True,
 ) -> Any:
-    """Bars of ``y`` per ``x`` (grouped by ``hue``), with error bars from ``lo``/``hi`` columns."""
+    """Bars of ``y`` per ``x`` (grouped by ``hue``), with error bars from ``lo``/``hi`` columns.
+
+    >>> d = pd.DataFrame({"node": ["a0.h1", "m0"], "effect": [-1.0, 0.5], "lo": [-1.5, 0.1], "hi": [-0.5, 0.9]})
+    >>> fig = interval_bars(d, "node", "effect", "effects", lo="lo", hi="hi")
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    ['a0.h1', 'm0']
+    """
     import numpy as np
     import seaborn as sns
 
@@ -165,7 +171,13 @@ def lines(
     ax: Any = None,
 ) -> Any:
     """Curves of ``y`` against ``x`` per ``hue``, with a band from ``lo``/``hi`` and an optional
-    vertical marker (the break point) and horizontal reference line."""
+    vertical marker (the break point) and horizontal reference line.
+
+    >>> d = pd.DataFrame({"coef": [0, 4, 16], "kl": [0.0, 0.2, 2.5]})
+    >>> fig = lines(d, "coef", "kl", "sweep", vline=16, vline_label="break point", symlog=True)
+    >>> [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    ['break point']
+    """
     import seaborn as sns
 
     fig, ax = new_figure() if ax is None else (ax.figure, ax)
@@ -206,7 +218,13 @@ def scatter(
     max_labels: int = 10,
 ) -> Any:  # fmt: skip
     """Scatter of ``y`` against ``x`` (one point per row), with the line y = x; the
-    ``max_labels`` points farthest from the origin are labelled by their ``label``."""
+    ``max_labels`` points farthest from the origin are labelled by their ``label``.
+
+    >>> d = pd.DataFrame({"node": ["a", "b"], "ablation": [-2.0, -0.1], "addition": [-1.0, 0.0]})
+    >>> fig = scatter(d, "ablation", "addition", "add vs ablate", label="node", max_labels=1)
+    >>> [t.get_text() for t in fig.axes[0].texts]
+    ['a']
+    """
     import seaborn as sns
 
     fig, ax = new_figure(5.6, 4.4)
@@ -238,7 +256,13 @@ def scatter(
 
 def circuit_graph(circuit: Any, scores: dict[str, float], title: str, label: str) -> Any:
     """The circuit drawn by :func:`circuitsteer.circuit.draw_circuit`, nodes coloured by
-    ``scores`` (node -> number; diverging colormap around 0)."""
+    ``scores`` (node -> number; diverging colormap around 0), the legend below the graph.
+
+    >>> from circuitsteer.circuit import load_circuit
+    >>> fig = circuit_graph(load_circuit("ioi-circuit/ioi"), {"a3.h6": -2.2}, "effect", "effect")
+    >>> len(fig.axes)  # the graph and the colour bar
+    2
+    """
     from circuitsteer.circuit import draw_circuit
 
     fig = draw_circuit(circuit, score=scores or None, title=title or None)
@@ -256,7 +280,12 @@ def circuit_graph(circuit: Any, scores: dict[str, float], title: str, label: str
 
 
 def explained_variance(df: Any, title: str) -> Any:
-    """Bars of each component's explained-variance ratio and the cumulative line."""
+    """Bars of each component's explained-variance ratio and the cumulative line.
+
+    >>> fig = explained_variance(pd.DataFrame({"component": [0, 1], "explained_variance_ratio": [0.14, 0.11]}), "PCA")
+    >>> [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    ['pc0', 'pc1']
+    """
     import seaborn as sns
 
     fig, ax = new_figure(5.0, 3.2)
@@ -273,7 +302,12 @@ def explained_variance(df: Any, title: str) -> Any:
 
 
 def token_gains(tokens: Sequence[tuple[str, float]], title: str) -> Any:
-    """Horizontal bars of promoted tokens and their mean logit gain (labels shown verbatim)."""
+    """Horizontal bars of promoted tokens and their mean logit gain (labels shown verbatim).
+
+    >>> fig = token_gains([("Mary", 2.5), (" the", 1.0)], "pc0, c = 8")
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    ['Mary', ' the']
+    """
     import seaborn as sns
 
     fig, ax = new_figure(5.0, max(2.4, 0.28 * len(tokens) + 1.0))

@@ -79,10 +79,11 @@ def compare_ablation_addition(ctx: Context, entry: dict[str, Any], rows: Any, si
         sec.headlines.append(Headline(
             f"{ref_mode.capitalize()}-ablating {top['node']} changes {metric} the most: {iv.text()}.", iv))  # fmt: skip
         if len(add):
-            pts = add.assign(ablation=add["node"].map(ref)).dropna(subset=["ablation"])
+            pts = add.assign(ablation=add["node"].map(ref), addition=add["label"])
+            pts = pts.dropna(subset=["ablation"])
             if len(pts):
                 sec.figures.append(Figure(f"{sid}-scatter", "Addition versus ablation", F.scatter(
-                    pts, "ablation", "effect", f"{sec.title}: {metric}", label="node", hue="label",
+                    pts, "ablation", "effect", f"{sec.title}: {metric}", label="node", hue="addition",
                     xlabel=f"effect of {ref_mode} ablation", ylabel="effect of the addition"),
                     "One point per node and addition; on the dotted diagonal the addition "
                     "reproduces the ablation's mean effect."))  # fmt: skip
