@@ -200,7 +200,11 @@ def lines(
     if symlog:
         from matplotlib.ticker import FuncFormatter
 
-        ax.set_xscale("symlog", linthresh=1.0)
+        xs_all = sorted(set(_floats(df[x]).tolist()) - {float("nan")})
+        nonzero = [abs(v) for v in xs_all if v != 0 and math.isfinite(v)]
+        ax.set_xscale("symlog", linthresh=min(nonzero) if nonzero else 1.0)
+        if 0 < len(xs_all) <= 12:  # tick the measured coefficients themselves
+            ax.set_xticks(xs_all)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)

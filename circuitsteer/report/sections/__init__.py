@@ -66,7 +66,8 @@ def _grouped(builder: Builder, kind: str) -> Builder:
         taken: set[str] = set()
         out: Section | None = None
         for label, g in parts:
-            part = builder(ctx, entry, g, slug(f"{sid}-{label}", taken))
+            named = {**entry, "name": f"{entry['name']} [{label}]"}  # titles inside the figures
+            part = builder(ctx, named, g, slug(f"{sid}-{label}", taken))
             for h in part.headlines:
                 h.text = f"[{label}] {h.text}"
             for t in part.tables:
@@ -75,7 +76,7 @@ def _grouped(builder: Builder, kind: str) -> Builder:
                 f.title = f"{label}: {f.title}"
             if out is None:
                 out = part
-                out.id = sid
+                out.id, out.title = sid, str(entry["name"])
             else:
                 out.headlines += part.headlines
                 out.tables += part.tables

@@ -46,6 +46,7 @@ def discovery(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) -> Secti
     d["score"] = pd.to_numeric(d["score"], errors="coerce")
     if "channel" not in d.columns:
         d["channel"] = None
+    n_all = len(d)
     d = d.dropna(subset=["score"])
     d = d.reindex(d["score"].abs().sort_values(ascending=False, kind="stable").index)
     kept = d[d["kept"].astype(bool)] if "kept" in d.columns and d["kept"].notna().any() else None
@@ -63,7 +64,8 @@ def discovery(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) -> Secti
         name = top["edge"] if "edge" in d.columns else f"{top['src']}->{top['dst']}"
         share = shown["score"].abs().sum() / total if total else float("nan")
         sec.headlines.append(Headline(
-            f"{len(d)} edges scored; the top one is {name} ({fmt(top['score'])}); the "
+            f"{len(d)} edges scored{f' of {n_all} (the rest untested)' if n_all > len(d) else ''}; "
+            f"the top one is {name} ({fmt(top['score'])}); the "
             f"{len(shown)} drawn carry {fmt(share)} of the total |score|."))  # fmt: skip
         if kept is not None:
             sec.headlines.append(Headline(f"The method kept {len(kept)} of {len(d)} edges."))
