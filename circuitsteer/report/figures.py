@@ -102,8 +102,11 @@ def interval_bars(
     hi: str | None = None,
     xlabel: str | None = None,
     horizontal: bool = True,
+    max_categories: int = 30,
 ) -> Any:
-    """Bars of ``y`` per ``x`` (grouped by ``hue``), with error bars from ``lo``/``hi`` columns.
+    """Bars of ``y`` per ``x`` (grouped by ``hue``), with error bars from ``lo``/``hi`` columns;
+    beyond ``max_categories`` values of ``x`` only those with the largest ``|y|`` are drawn (the
+    title says so; the tables hold all).
 
     >>> d = pd.DataFrame({"node": ["a0.h1", "m0"], "effect": [-1.0, 0.5], "lo": [-1.5, 0.1], "hi": [-0.5, 0.9]})
     >>> fig = interval_bars(d, "node", "effect", "effects", lo="lo", hi="hi")
@@ -115,9 +118,15 @@ def interval_bars(
 
     d = df.reset_index(drop=True)
     cats = list(dict.fromkeys(d[x].astype(str)))
+    if len(cats) > max_categories:
+        size = d.assign(_a=np.abs(_floats(d[y]))).groupby(d[x].astype(str))["_a"].max()
+        keep = set(size.sort_values(ascending=False).index[:max_categories])
+        cats = [c for c in cats if c in keep]
+        d = d[d[x].astype(str).isin(keep)]
+        title = f"{title} (the {max_categories} largest of {len(size)})"
     hues = list(dict.fromkeys(d[hue].astype(str))) if hue else [None]
     n = len(cats)
-    size = max(2.6, 0.28 * n * max(1, len(hues) ** 0.5) + 1.2)
+    size = min(14.0, max(2.6, 0.28 * n * max(1, len(hues) ** 0.5) + 1.2))
     fig, ax = new_figure(6.4, size) if horizontal else new_figure(max(5.0, 0.5 * n + 2), 3.6)
     colors = sns.color_palette(PALETTE, max(1, len(hues)))
     width = 0.8 / max(1, len(hues))

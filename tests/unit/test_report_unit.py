@@ -207,3 +207,17 @@ def test_templates_ship_as_package_data():
     for t in templates:
         rel = t.relative_to(root).as_posix()
         assert any(fnmatch(rel, p) for p in patterns), f"{rel} is not package data"
+
+
+def test_repeated_rows_are_pooled_with_a_t_interval(tmp_path):
+    # two seeds of the same grid: the table shows the mean over the seeds and a t-interval
+    a = grid_rows().assign(seed=0)
+    b = grid_rows().assign(seed=1, effect=[-0.7, -2.3], value=[3.3, 1.7])
+    spec = {"name": "s", "analyses": [{"name": "grid", "kind": "grid"}]}
+    out = render_report(write_run(tmp_path / "run", pd.concat([a, b]), spec))
+    t = pd.read_csv(out / "tables" / "grid-variants.csv").set_index("variant")
+    assert t.loc["zero a1.h3", "effect"] == pytest.approx(-0.6)
+    assert t.loc["zero a1.h3", "value"] == pytest.approx(3.4)
+    assert t.loc["zero a1.h3", "ci"] == "t" and t.loc["zero a1.h3", "rows"] == 2
+    half = 12.706 * 0.1 * 2**0.5 / 2**0.5  # t(0.975, 1) * sd / sqrt(2), sd = 0.1 * sqrt(2)
+    assert t.loc["zero a1.h3", "effect_hi"] - t.loc["zero a1.h3", "effect"] == pytest.approx(half, rel=1e-3)  # fmt: skip
