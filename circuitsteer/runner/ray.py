@@ -92,12 +92,13 @@ def run_ray(
                 fix="start it (ray start --head) or pass the right --address",
             ) from None
         started = True
+    actors: list[Any] = []
     try:
         cpus = int(ray.available_resources().get("CPU", 1)) or 1
         n = max(1, min(len(shards), workers or cpus))
         actor = ray.remote(num_cpus=1)(_Worker)
         actors = [actor.remote(spec, bases, os.getcwd()) for _ in range(n)]
-        infos = ray.get([a.info.remote() for a in actors])
+        infos = _get(ray, [a.info.remote() for a in actors])
         todo = list(shards)
         running: dict[Any, Any] = {}
         for a in actors:
@@ -108,15 +109,28 @@ def run_ray(
             ready, _ = ray.wait(list(running), num_returns=1)
             for ref in ready:
                 a = running.pop(ref)
-                index, df, seconds = ray.get(ref)
+                index, df, seconds = _get(ray, ref)
                 on_result(index, df, seconds)
                 advance(1)
                 if todo:
                     s = todo.pop(0)
                     running[a.run.remote(s.index, s.analysis, s.payload)] = a
-        for a in actors:
-            ray.kill(a)
         return {"workers": infos}
     finally:
+        for a in actors:
+            ray.kill(a)
         if started:
             ray.shutdown()
+
+
+def _get(ray: Any, refs: Any) -> Any:
+    """``ray.get``, re-raising a worker's typed circuitsteer error as itself (exit code 2)."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as e:
+        from circuitsteer.errors import CircuitSteerError
+
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CircuitSteerError):
+            raise cause from None
+        raise

@@ -113,7 +113,7 @@ class HeadAblationAnalysis(_Analysis):
     modes: list[Mode] = Field(default_factory=lambda: ["resample"], min_length=1)
     positions: Positions = "all"
     layers: list[int] | None = None
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=1)
     heads_per_shard: int = Field(8, ge=1)
 
 
@@ -125,7 +125,7 @@ class CompareAnalysis(_Analysis):
     positions: Positions | None = None
     random: bool = True
     vectors: list[str] = Field(default_factory=list)
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=1)
     nodes_per_shard: int = Field(4, ge=1)
 
 
@@ -165,7 +165,7 @@ class SweepAnalysis(_Analysis):
     kl_threshold: float = 1.0
     n_diag: int = Field(32, ge=1)
     neutral_n: int = Field(100, ge=1)
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=1)
 
 
 class CurveModel(_Base):
@@ -180,7 +180,7 @@ class FaithfulnessAnalysis(_Analysis):
     ablations: list[Mode] = Field(default_factory=lambda: ["mean"], min_length=1)
     levels: list[Literal["node", "edge"]] = Field(default_factory=lambda: ["node"], min_length=1)
     positions: Positions = "all"
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=1)
     curve: CurveModel | None = None
 
 
@@ -191,7 +191,7 @@ class PcaAnalysis(_Analysis):
     coefs: list[float] = Field(default_factory=lambda: [1.0, 2.0, 4.0])
     positions: Positions = "all"
     scale: Literal["std", "unit"] = "std"
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=1)
 
 
 class DiscoveryAnalysis(_Analysis):

@@ -109,6 +109,13 @@ def test_report_is_made_unless_no_report(spec, tmp_path, monkeypatch):
     assert res.exit_code == 0 and len(calls) == 1
 
 
+def test_progress_bar_unless_quiet(spec, tmp_path):
+    res = _run(str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report")
+    assert res.exit_code == 0 and "2/2" in res.output and "clismall-" in res.output, res.output
+    res = _run(str(spec), "--runs-dir", str(tmp_path / "runs"), "--no-report", "--quiet")
+    assert res.exit_code == 0 and "2/2" not in res.output
+
+
 def test_help_has_an_example():
     res = CliRunner().invoke(app, ["run", "--help"])
     assert res.exit_code == 0 and "Example" in res.output and "--resume" in res.output
