@@ -210,7 +210,8 @@ def build(run: Run) -> Report:
     overview = [("run", run.name), ("model", model), ("task", task or "?"),
                 ("circuit", str(circuit_name) if circuit_name else "none"),
                 ("analyses", str(len(sections)))]  # fmt: skip
-    summary = [f"{len(sections)} analyses of {model} on {task or 'its task'}"
+    count = f"{len(sections)} analys{'is' if len(sections) == 1 else 'es'}"
+    summary = [f"{count} of {model} on {task or 'its task'}"
                + (f" with the circuit {circuit_name}" if circuit_name else "") + "."]  # fmt: skip
     for s in sections:
         if s.headlines:

@@ -119,7 +119,7 @@ def test_report_of_a_synthetic_run(tmp_path):
     assert names == [".circuitsteer-report", "figures", "report.html", "report.md", "tables"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["grid-bars.png", "grid-bars.svg"]
     csv = pd.read_csv(out / "tables" / "grid-variants.csv")
-    assert csv["effect"].tolist() == [-0.5, -2.5] and csv["ci"].tolist() == ["bootstrap"] * 2
+    assert csv["effect"].tolist() == [-2.5, -0.5] and csv["ci"].tolist() == ["bootstrap"] * 2
     md = (out / "report.md").read_text()
     assert "zero a3.h6 moves logit\\_diff most: effect -2.500 [95% CI -3.000, -2.000; bootstrap]" in md.replace("\\[", "[").replace("\\]", "]")  # fmt: skip
     assert "versions.torch" in md.replace("\\", "")  # provenance, flattened

@@ -123,7 +123,9 @@ def grid(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) -> Section:
     agg = summarise(d, keys, col)
     if col == "effect" and "value" in d.columns:
         agg.insert(len(keys), "value", d.groupby(keys, dropna=False, sort=False)["value"].mean().to_numpy())  # fmt: skip
-    sec.tables.append(Table(f"{sid}-variants", "Variants", agg,
+    order = agg[col].abs().sort_values(ascending=False, kind="stable").index
+    agg = agg.iloc[order].reset_index(drop=True)  # the largest changes first
+    sec.tables.append(Table(f"{sid}-variants", "Variants, the largest changes first", agg,
                             f"`{col}`: mean over examples (the Parquet rows' mean where several); "
                             "`_lo/_hi`: 95% interval, method in `ci`."))  # fmt: skip
     metric = first_metric(d)
