@@ -120,7 +120,7 @@ def grid(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) -> Section:
     d["variant"] = [variant_label(r) for r in d.to_dict("records")]
     col = value_column(d)
     keys = ["variant", *[k for k in ("metric",) if k in d.columns]]
-    agg = summarise(d, keys, col)
+    agg: Any = summarise(d, keys, col)
     if col == "effect" and "value" in d.columns:
         agg.insert(len(keys), "value", d.groupby(keys, dropna=False, sort=False)["value"].mean().to_numpy())  # fmt: skip
     order = agg[col].abs().sort_values(ascending=False, kind="stable").index
