@@ -226,3 +226,24 @@ def test_only_kinds(small_spec, tmp_path):
     assert set(df.analysis) == {"heads"}
     with pytest.raises(cs.SpecError, match="no analysis of kind"):
         cs.runner.run_spec(small_spec, runs_dir=tmp_path, only_kinds=["discovery"])
+
+
+def test_error_inside_a_shard_keeps_the_finished_ones(tmp_path):
+    p = tmp_path / "late.yaml"
+    p.write_text(
+        SMALL.replace(
+            "report: {title: small}\n",
+            """\
+  - name: down
+    kind: downstream_effects
+    circuit: false
+    at: IO2
+    interventions: [{op: ablate, node: a1.h3, mode: zero}]
+""",
+        )
+    )
+    with pytest.raises(cs.AnalysisError, match="no position 'IO2'"):
+        cs.runner.run_spec(p, runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert len(list((run / "shards").glob("*.parquet"))) == 8  # grid and heads are kept
+    assert json.loads((run / "meta.json").read_text())["status"] == "running"

@@ -85,3 +85,20 @@ def test_grid_500_both_backends(ray_instance, tmp_path):
     a = pd.read_parquet(local / "results.parquet")
     pd.testing.assert_frame_equal(pd.read_parquet(remote / "results.parquet"), a)
     assert len(a) == a.variant.nunique() == 504
+
+
+def test_worker_typed_error_is_reraised(ray_instance, tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(
+        SPEC.split("  - name: cmp")[0]
+        + """\
+  - name: down
+    kind: downstream_effects
+    at: IO2
+    interventions: [{op: ablate, node: a1.h3, mode: zero}]
+"""
+    )
+    with pytest.raises(cs.AnalysisError, match="no position 'IO2'"):
+        cs.runner.run_spec(p, backend="ray", runs_dir=tmp_path / "runs", quiet=True)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "meta.json").read_text())["status"] == "running"
