@@ -96,6 +96,11 @@ def build_context(spec: Spec, bases: tuple[str, ...] = ()) -> Context:
             elif v.recipe == "mean_difference":
                 assert v.site is not None
                 vectors[name] = cs.vectors.mean_difference(model, v.site, task, positions=v.positions, progress=False)  # fmt: skip
+            elif v.recipe == "pca":
+                assert v.site is not None
+                pcs = cs.vectors.pca(model, v.site, task, n_components=v.component + 1,
+                                     positions=v.positions, progress=False)  # fmt: skip
+                vectors[name] = pcs.vector(v.component, scale=v.scale)
             else:
                 vectors[name] = cs.vectors.random_like(vectors[str(v.of)], seed=v.seed)
             del pending[name]

@@ -35,12 +35,14 @@ class TaskModel(_Base):
 
 
 class VectorModel(_Base):
-    recipe: Literal["mean_difference", "random_like"] | None = None
+    recipe: Literal["mean_difference", "pca", "random_like"] | None = None
     file: str | None = None
     site: str | None = None
     positions: Positions = "END"
     of: str | None = None
     seed: int = 0
+    component: int = Field(0, ge=0)
+    scale: Literal["std", "unit"] = "std"
 
     @model_validator(mode="after")
     def _one_source(self) -> VectorModel:
@@ -48,8 +50,8 @@ class VectorModel(_Base):
             raise ValueError(
                 "give exactly one of 'recipe' (mean_difference, random_like) or 'file'"
             )
-        if self.recipe == "mean_difference" and not self.site:
-            raise ValueError("recipe mean_difference needs a 'site' (e.g. a2.h1 or resid_pre.2)")
+        if self.recipe in ("mean_difference", "pca") and not self.site:
+            raise ValueError(f"recipe {self.recipe} needs a 'site' (e.g. a2.h1 or resid_pre.2)")
         if self.recipe == "random_like" and not self.of:
             raise ValueError("recipe random_like needs 'of': the name of the vector to match")
         return self

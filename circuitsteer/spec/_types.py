@@ -39,8 +39,10 @@ class TaskSpec:
 @dataclass(frozen=True)
 class VectorSpec:
     """A steering vector: extracted by ``recipe`` (``mean_difference`` at ``site`` and
-    ``positions`` of the task's clean minus corrupted prompts; ``random_like`` the vector
-    ``of`` with a seeded matched-norm random direction) or loaded from ``file``."""
+    ``positions`` of the task's clean minus corrupted prompts; ``pca``: principal direction
+    ``component`` of the activations there, unit norm or one standard deviation long
+    (``scale``); ``random_like`` the vector ``of`` with a seeded matched-norm random direction)
+    or loaded from ``file``."""
 
     name: str
     recipe: str | None
@@ -49,10 +51,13 @@ class VectorSpec:
     positions: Any
     of: str | None
     seed: int
+    component: int = 0
+    scale: str = "std"
 
     def to_dict(self) -> dict[str, Any]:
         d = {"recipe": self.recipe, "file": self.file, "site": self.site,
-             "positions": self.positions, "of": self.of, "seed": self.seed}  # fmt: skip
+             "positions": self.positions, "of": self.of, "seed": self.seed,
+             "component": self.component, "scale": self.scale}  # fmt: skip
         return d
 
 

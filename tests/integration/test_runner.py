@@ -39,6 +39,8 @@ report: {title: small}
 """
 
 ALL_KINDS = SMALL.replace(
+    "vectors:\n", "vectors:\n  pc: {recipe: pca, site: resid_pre.2, positions: all, component: 1}\n"
+).replace(
     "report: {title: small}\n",
     """\
   - {name: cmp, kind: compare_ablation_addition, coefs: [1], nodes: [a1.h3, a2.h4, m3], vectors: [v], n_boot: 20, nodes_per_shard: 2}
@@ -47,7 +49,7 @@ ALL_KINDS = SMALL.replace(
     interventions:
       - {op: ablate, node: a1.h3, positions: S2, mode: resample}
       - {op: add, vector: v, coef: 4, positions: END}
-  - {name: sweep, kind: coefficient_sweep, vectors: [v], coefs: [0, 4], neutral_n: 4, n_diag: 2, n_boot: 20}
+  - {name: sweep, kind: coefficient_sweep, vectors: [v, pc], coefs: [0, 4], neutral_n: 4, n_diag: 2, n_boot: 20}
   - name: faith
     kind: faithfulness
     ablations: [mean]
@@ -152,6 +154,7 @@ def test_every_kind_runs(tmp_path):
     assert (df.groupby("analysis", sort=False).kind.nunique() == 1).all()
     down = df[df.analysis == "down"]
     assert down.intervention.nunique() == 2 and set(down.node_kind.dropna()) <= {"head", "mlp", "logits"}  # fmt: skip
+    assert set(df[df.analysis == "sweep"].vector) == {"v", "pc"}
     eap = df[df.analysis == "eap"]
     assert len(eap) == len(cs.full_edge_graph(cs.load_model("ioi-circuit").shape).edge_keys())
     assert set(df[df.analysis == "faith"].metric) >= {"faithfulness", "cpr", "cmd"}
