@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# the main job: node-level ablation versus addition on the IOI circuit of the bundled model,
+# from its spec, into runs/<id>/ and the report in reports/ablation_vs_addition/ (~1-2 min)
 demo: $(STAMP)
-	$(BIN)/circuitsteer demo
+	$(BIN)/circuitsteer run analyses/ablation_vs_addition.yaml --report-out reports/ablation_vs_addition
 
 lint: $(STAMP)
 	$(BIN)/ruff check circuitsteer tests benchmarks

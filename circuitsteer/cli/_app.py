@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,14 +55,17 @@ def friendly(fn: F) -> F:
         except cs.CircuitSteerError as e:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+            # user text is escaped: "circuitsteer[ray]" or a name like "[x]" is not rich markup
+            err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False)
             if e.fix:
-                err_console.print(f"[bold]fix:[/] {e.fix}", highlight=False)
+                err_console.print(f"[bold]fix:[/] {escape(e.fix)}", highlight=False)
             raise typer.Exit(BAD_INPUT) from None
         except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]failed:[/] {type(e).__name__}: {e}", highlight=False)
+            err_console.print(
+                f"[bold red]failed:[/] {type(e).__name__}: {escape(str(e))}", highlight=False
+            )
             err_console.print("run again with --debug for the traceback", highlight=False)
             raise typer.Exit(FAILURE) from None
 

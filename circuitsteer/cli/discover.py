@@ -99,17 +99,16 @@ def discover(
     m = cs.load_model(model)
     t = _task(cs, m, task, n, seed)
     d = cs.discovery
-    common = {"metric": metric, "ablation": ablation}
     if method is Method.acdc:
-        found = d.acdc(m, t, threshold=tau, progress=not quiet, **common)
+        found = d.acdc(m, t, threshold=tau, metric=metric, ablation=ablation, progress=not quiet)
         circuit = d.kept(found, name="acdc")
     else:
         if method is Method.eap:
-            found = d.eap(m, t, **common)
+            found = d.eap(m, t, metric=metric, ablation=ablation)
         elif method is Method.eap_ig:
-            found = d.eap_ig(m, t, steps=steps, **common)
+            found = d.eap_ig(m, t, steps=steps, metric=metric, ablation=ablation)
         else:
-            found = d.exact_patching(m, t, **common)
+            found = d.exact_patching(m, t, metric=metric, ablation=ablation)
         if select is Selection.greedy:
             circuit = d.greedy(found, edges, name=method.value)
         elif select is Selection.top_n:

@@ -67,6 +67,7 @@ def extract(
     pos = "all" if positions == "all" else positions
     v = cs.vectors
     if recipe is Recipe.contrast:
+        assert a is not None and b is not None  # checked above, before the model loads
         vec = v.contrast_pair(m, site, a, b, average=True)
     elif recipe is Recipe.pca:
         task = cs.tasks.ioi(m, n=n, seed=seed)

@@ -64,3 +64,9 @@ def test_console_entry_point_exit_code(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert "fix:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_error_text_is_not_read_as_markup():
+    """User text in a typed error ("[x]", "circuitsteer[ray]") prints as written."""
+    res = CliRunner().invoke(app, ["circuits", "show", "[bold]nope/none"])
+    assert res.exit_code == 2 and "[bold]nope/none" in res.output, res.output

@@ -4,7 +4,6 @@ nothing created for bad input, resume, the Ray extra missing, and the report hoo
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import pandas as pd
@@ -97,16 +96,22 @@ def test_failure_exits_1(spec, tmp_path, monkeypatch):
 
 
 def test_report_is_made_unless_no_report(spec, tmp_path, monkeypatch):
-    calls: list[Path] = []
-    fake = types.ModuleType("circuitsteer.report")
-    fake.render_report = lambda run_dir: calls.append(Path(run_dir)) or Path(run_dir) / "report"  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "circuitsteer.report", fake)
+    calls: list[tuple[Path, Path | None]] = []
+
+    def render_report(run_dir, out=None):
+        calls.append((Path(run_dir), out))
+        return Path(run_dir) / "report" if out is None else Path(out)
+
+    monkeypatch.setattr("circuitsteer.report.render_report", render_report)
     res = _run(str(spec), "--runs-dir", str(tmp_path / "runs"), "-q")
     assert res.exit_code == 0, res.output
-    assert len(calls) == 1 and (calls[0] / "results.parquet").exists()
+    assert len(calls) == 1 and (calls[0][0] / "results.parquet").exists() and calls[0][1] is None
     assert "report:" in res.output
     res = _run(str(spec), "--runs-dir", str(tmp_path / "runs"), "-q", "--no-report")
     assert res.exit_code == 0 and len(calls) == 1
+    out = tmp_path / "new" / "rep"  # its parent is made
+    res = _run(str(spec), "--runs-dir", str(tmp_path / "runs"), "-q", "--report-out", str(out))
+    assert res.exit_code == 0 and calls[-1][1] == out and out.parent.is_dir(), res.output
 
 
 def test_progress_bar_unless_quiet(spec, tmp_path):
