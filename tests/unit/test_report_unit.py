@@ -221,3 +221,28 @@ def test_repeated_rows_are_pooled_with_a_t_interval(tmp_path):
     assert t.loc["zero a1.h3", "ci"] == "t" and t.loc["zero a1.h3", "rows"] == 2
     half = 12.706 * 0.1 * 2**0.5 / 2**0.5  # t(0.975, 1) * sd / sqrt(2), sd = 0.1 * sqrt(2)
     assert t.loc["zero a1.h3", "effect_hi"] - t.loc["zero a1.h3", "effect"] == pytest.approx(half, rel=1e-3)  # fmt: skip
+
+
+def test_compare_headline_is_the_correlation_over_nodes():
+    """The compare section's first headline: Pearson r over nodes of each addition's effect
+    against the ablation's, the best mean-difference addition beside its random control."""
+    import numpy as np
+    import pandas as pd
+
+    from circuitsteer.report.sections.effects import _tracking
+
+    abl = np.array([-2.0, -1.0, 0.5, 1.5, -0.3])
+    md = 0.5 * abl + np.array([0.1, -0.2, 0.05, 0.0, 0.3])
+    rnd = np.array([0.2, -0.1, 0.3, -0.4, 0.0])
+    pts = pd.DataFrame({
+        "node": [f"a{i}.h0" for i in range(5)] * 2,
+        "ablation": np.concatenate([abl, abl]),
+        "effect": np.concatenate([md, rnd]),
+        "addition": ["mean_diff c=4"] * 5 + ["random c=4"] * 5,
+    })  # fmt: skip
+    h = _tracking(pts, "resample")
+    assert h is not None
+    r_md, r_rnd = np.corrcoef(abl, md)[0, 1], np.corrcoef(abl, rnd)[0, 1]
+    assert f"r = {r_md:.3f}" in h.text and f"random c=4: r = {r_rnd:.3f}" in h.text
+    assert h.text.startswith("Across 5 nodes, the effects of adding mean_diff c=4")
+    assert _tracking(pts.iloc[:2], "resample") is None  # fewer than 3 nodes: no r

@@ -44,6 +44,29 @@ def _label(r: dict[str, Any]) -> str:
     return f"{r.get('vector') or r.get('operation')}{c}"
 
 
+def _tracking(pts: Any, ref_mode: str) -> Headline | None:
+    """How well each addition's per-node effects track the ablation's across nodes (Pearson r
+    over nodes, at least 3): the best mean-difference addition against its random control."""
+    rs: dict[str, tuple[float, int]] = {}
+    for label, g in pts.groupby("addition", sort=False):
+        g = g.dropna(subset=["effect"])
+        if len(g) >= 3 and g["effect"].std() > 0 and g["ablation"].std() > 0:
+            rs[str(label)] = (float(g["effect"].corr(g["ablation"])), len(g))
+    md = {k: v for k, v in rs.items() if not k.startswith("random")}
+    if not md:
+        return None
+    best = max(md, key=lambda k: md[k][0])
+    r, n = md[best]
+    text = (
+        f"Across {n} nodes, the effects of adding {best} track those of {ref_mode} "
+        f"ablation with r = {fmt(r)}"
+    )
+    control = "random" + best[len(best.split(" ")[0]) :] if " " in best else None
+    if control in rs:
+        text += f" (matched random direction {control}: r = {fmt(rs[control][0])})"
+    return Headline(text + ".")
+
+
 def compare_ablation_addition(ctx: Context, entry: dict[str, Any], rows: Any, sid: str) -> Section:
     """Per node: the effect of each ablation mode and of each addition, side by side; the
     scatter of addition against ablation; the circuit coloured by the resample ablation."""
@@ -81,6 +104,9 @@ def compare_ablation_addition(ctx: Context, entry: dict[str, Any], rows: Any, si
         if len(add):
             pts = add.assign(ablation=add["node"].map(ref), addition=add["label"])
             pts = pts.dropna(subset=["ablation"])
+            track = _tracking(pts, ref_mode)
+            if track is not None:  # the section's question answered first
+                sec.headlines.insert(0, track)
             if len(pts):
                 sec.figures.append(Figure(f"{sid}-scatter", "Addition versus ablation", F.scatter(
                     pts, "ablation", "effect", f"{sec.title}: {metric}", label="node", hue="addition",
