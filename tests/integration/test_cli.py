@@ -22,7 +22,9 @@ def test_models_lists_the_zoo():
 def test_models_list_and_help_examples():
     res = CliRunner().invoke(app, ["models", "list"])
     assert res.exit_code == 0 and "ioi-circuit" in res.output
-    for cmd in (["demo"], ["models", "list"], ["circuits", "show"], ["circuits", "draw"]):
+    commands = (["demo"], ["models", "list"], ["circuits", "list"], ["circuits", "show"],
+                ["circuits", "draw"], ["run"], ["report"], ["discover"], ["vectors", "extract"])  # fmt: skip
+    for cmd in commands:
         res = CliRunner().invoke(app, [*cmd, "--help"])
         assert res.exit_code == 0 and "Example" in res.output, (cmd, res.output)
 
