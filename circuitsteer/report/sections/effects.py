@@ -117,8 +117,8 @@ def compare_ablation_addition(ctx: Context, entry: dict[str, Any], rows: Any, si
             if "frac_of_resample" in md.columns and md["frac_of_resample"].notna().any():
                 b = md.loc[md["frac_of_resample"].abs().idxmax()]
                 sec.headlines.append(Headline(
-                    f"The mean-difference addition reproduces at most {fmt(b['frac_of_resample'])} "
-                    f"of the resample ablation's effect ({b['node']}, {b['label']})."))  # fmt: skip
+                    f"The largest ratio of a mean-difference addition's effect to the resample "
+                    f"ablation's is {fmt(b['frac_of_resample'])} ({b['node']}, {b['label']})."))  # fmt: skip
         scores = circuit_scores(ctx, ref.to_dict())
         if scores:
             sec.figures.append(Figure(f"{sid}-circuit", "The circuit coloured by the ablation effect",
