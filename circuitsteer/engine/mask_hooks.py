@@ -1,10 +1,18 @@
 """The forward hooks of a masked forward (:func:`circuitsteer.engine.masks.run_with_mask`) and
 of a recording of sender outputs (:func:`circuitsteer.engine.masks.sender_outputs`): senders'
 outputs go into one delta buffer, receivers' inputs get their mask-weighted deltas, and under
-grouped-query attention the heads whose k/v can change get their attention recomputed."""
+grouped-query attention the heads whose k/v can change get their attention recomputed.
+
+Without autograd only *active* receivers are computed: a receiver whose mask column is all zero
+reads its input unchanged, so its group skips it (a group with no active receiver installs no
+change at all, and a forward whose lower layers are all inactive is the plain forward there).
+A forward may also *resume* at a layer (:class:`Resume`): the residual entering that block and
+the delta rows of the senders below it come from a recording of the same forward
+(:func:`circuitsteer.engine.masks.mask_prefix`), the blocks below are not run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,17 +25,43 @@ if TYPE_CHECKING:
     from circuitsteer.engine.masks import EdgeMask
 
 
+@dataclass
+class Resume:
+    """Where a no-grad masked forward starts: block ``layer`` (``n_layers``: the final norm)
+    reads ``resid``; ``buf`` (the forward's delta buffer, reused) holds the delta rows of the
+    ``rows`` senders (``blocks`` sender blocks) below it."""
+
+    layer: int
+    resid: torch.Tensor
+    buf: torch.Tensor
+    rows: int
+    blocks: int
+    # (group key, rows) -> (mask rows, their product with the delta rows below the start)
+    partial: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
+
+
 class MaskHooks:
     """Hooks for one masked forward (``mask`` given) or one recording of sender outputs."""
 
-    def __init__(self, model: Any, mask: EdgeMask | None, ref: list[torch.Tensor] | None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        mask: EdgeMask | None,
+        ref: list[torch.Tensor] | None,
+        resume: Resume | None = None,
+    ) -> None:
         self.model, self.arch, self.mask, self.ref = model, model.arch, mask, ref
         self.blocks: list[torch.Tensor] = []  # recorded sender outputs, [n, B*P*d] each
         self.outs: list[torch.Tensor] = []  # sender outputs of a masked forward (for autograd)
         self.handles: list[Any] = []
-        self.diff: dict[int, torch.Tensor] = {}
+        self.diff: dict[int, torch.Tensor | None] = {}
+        self.active: dict[int, torch.Tensor | None] = {}  # no grad: the a{L} columns computed
         self.buf: torch.Tensor | None = None
         self.filled = 0
+        self.n_blocks = 0  # sender blocks written (the reference block the next one reads)
+        self.resume = resume
+        per_layer = model.shape.n_heads + int(eg.has_mlps(model.shape))
+        self.cuts = [1 + L * per_layer for L in range(1, model.shape.n_layers + 1)]
         self.claimed = 0  # sender rows whose gradient a group already hands back
         self.sgrads = SenderGrads()
         s = model.shape
@@ -37,9 +71,15 @@ class MaskHooks:
         self.attn_kw: dict[int, tuple[Any, Any]] = {}
         self.proj: dict[tuple[int, str], torch.Tensor] = {}
         self.kv_delta: dict[tuple[int, str], torch.Tensor] = {}
+        start = 0 if resume is None else resume.layer
         try:
-            self._pre("block", 0, self._input)
-            for L in range(s.n_layers):
+            if resume is None:
+                self._pre("block", 0, self._input)
+            elif start < s.n_layers:
+                self._pre("block", start, self._resume)
+            else:
+                self._pre("final_norm", None, self._resume_final)
+            for L in range(start, s.n_layers):
                 if self.gqa:
                     self._pre("attn", L, self._attn_kw(L))
                 self._pre("attn_out", L, self._heads(L))
@@ -62,6 +102,29 @@ class MaskHooks:
         kw = role in ("block", "attn")
         self.handles.append(mod.register_forward_pre_hook(fn, with_kwargs=kw))
 
+    def _reset(self) -> None:
+        self.blocks, self.outs, self.diff, self.active, self.buf = [], [], {}, {}, None
+        self.filled = self.n_blocks = 0
+        self.claimed, self.sgrads = 0, SenderGrads()
+        self.attn_kw, self.proj, self.kv_delta = {}, {}, {}
+
+    def _start(self) -> torch.Tensor:
+        """Reset the forward's state at a resumed start; returns the residual to feed."""
+        r = self.resume
+        assert r is not None
+        self._reset()
+        self.buf, self.filled, self.n_blocks = r.buf, r.rows, r.blocks
+        return r.resid
+
+    def _resume(self, module, args, kwargs):
+        x = self._start()
+        if args:
+            return (x, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": x}
+
+    def _resume_final(self, module, args):
+        return (self._start(), *args[1:])
+
     def _post(self, role: str, layer: int, fn: Any) -> None:
         self.handles.append(
             self.model.module(self.arch.path(role, layer)).register_forward_hook(fn)
@@ -83,13 +146,13 @@ class MaskHooks:
         a = self.filled
         self.filled = a + out.shape[0]
         with torch.no_grad():
-            torch.sub(self.ref[len(self.outs)], out, out=self.buf[a : self.filled])
-        self.outs.append(out)
+            torch.sub(self.ref[self.n_blocks], out, out=self.buf[a : self.filled])
+        self.n_blocks += 1
+        if torch.is_grad_enabled():
+            self.outs.append(out)
 
     def _input(self, module, args, kwargs):
-        self.blocks, self.outs, self.diff, self.buf, self.filled = [], [], {}, None, 0
-        self.claimed, self.sgrads = 0, SenderGrads()
-        self.attn_kw, self.proj, self.kv_delta = {}, {}, {}
+        self._reset()
         x = args[0] if args else kwargs["hidden_states"]
         if self.ref is not None:
             n = sum(r.shape[0] for r in self.ref)
@@ -203,11 +266,27 @@ class MaskHooks:
 
         def hook(module, args):
             x = args[0]
-            D = self._delta(f"a{L}", x)
-            # the change of each receiver's normalized input: exactly 0 where D is 0
-            self.diff[L] = (ln.forward(x.unsqueeze(0) + D) - ln.forward(x).unsqueeze(0)).flatten(
-                1, -2
+            if torch.is_grad_enabled() or self.gqa:
+                D = self._delta(f"a{L}", x)
+                # the change of each receiver's normalized input: exactly 0 where D is 0
+                self.diff[L] = (
+                    ln.forward(x.unsqueeze(0) + D) - ln.forward(x).unsqueeze(0)
+                ).flatten(1, -2)
+                self.active[L] = None
+                return
+            self.diff[L] = self.active[L] = None
+            assert self.mask is not None and self.buf is not None
+            m = self.mask.tensors[f"a{L}"]
+            act = (m != 0).any(0).nonzero().flatten()
+            if act.numel() == 0:  # no receiver of this layer reads a change
+                return
+            # the active receivers' inputs x + m[:, r].T @ deltas in one product, normalized
+            y = torch.addmm(
+                x.reshape(1, -1), m[:, act].T.to(self.buf.dtype), self.buf[: m.shape[0]]
             )
+            y = ln.forward(y.view(act.numel(), *x.shape))
+            self.diff[L] = y.sub_(ln.forward(x)).flatten(1, -2)
+            self.active[L] = act
 
         return hook
 
@@ -233,10 +312,23 @@ class MaskHooks:
         )
 
         def hook(module, args, out):
+            diff = self.diff[L]
+            if diff is None:  # no grad, no active receiver in this layer
+                return None
             idx = cols.to(out.device)
             W = self.arch.in_cols(module, idx if span is None else span)
             W = W.reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
-            contrib = torch.bmm(self.diff[L][r0 : r0 + R], W)  # [R, BP, dh]
+            act = self.active[L]
+            if act is not None:  # no grad: only the active receivers (ascending), in place
+                lo, hi = (int(i) for i in torch.searchsorted(act, torch.tensor([r0, r0 + R])))
+                if lo == hi:
+                    return None
+                local = act[lo:hi] - r0
+                contrib = torch.bmm(diff[lo:hi], W.index_select(0, local))  # [k, BP, dh]
+                sel = idx.view(R, dh).index_select(0, local.to(idx.device)).flatten()
+                flat = contrib.transpose(0, 1).reshape(*out.shape[:-1], -1)
+                return out.index_add_(-1, sel, flat)
+            contrib = torch.bmm(diff[r0 : r0 + R], W)  # [R, BP, dh]
             if self.gqa:
                 return self._gqa_qkv(L, channels, out, idx, contrib)
             contrib = contrib.transpose(0, 1).reshape(*out.shape[:-1], R * dh)
@@ -269,13 +361,41 @@ class MaskHooks:
             self.proj[(L, ch)] = new if ch == "q" else out
         return new
 
+    def _column(self, key: str, x: torch.Tensor) -> torch.Tensor | None:
+        """A one-receiver group's input (an MLP's, the logits'): ``x + m.T @ deltas``, or None
+        (unchanged) when the column is all zero. Without autograd the product is accumulated
+        one sender layer at a time (input and layer 0's senders first), so a resumed forward
+        takes the sum over the senders below its start from the prefix's cache: the same
+        additions in the same order."""
+        assert self.mask is not None and self.buf is not None
+        m = self.mask.tensors[key]
+        if torch.is_grad_enabled():
+            return x + self._delta(key, x)[0]
+        if not bool(m.any()):
+            return None
+        n, buf, r = m.shape[0], self.buf, self.resume
+        mt = m.T.to(buf.dtype)
+        S, a = None, 0
+        hit = None if r is None else r.partial.get((key, r.rows))
+        if hit is not None and torch.equal(hit[0], m[: r.rows]):
+            S, a = hit[1], r.rows
+        for c in [c for c in self.cuts if c < n] + [n]:
+            if c <= a:
+                continue
+            S = mt[:, a:c] @ buf[a:c] if S is None else torch.addmm(S, mt[:, a:c], buf[a:c])
+            a = c
+            if r is not None and c == r.rows:  # the sum below the start: cache it
+                r.partial[(key, c)] = (m[:c].clone(), S)
+        assert S is not None
+        return x + S.view_as(x)
+
     def _ln2(self, L: int):
         def hook(module, args):
-            x = args[0]
-            return (x + self._delta(f"m{L}", x)[0],)
+            x = self._column(f"m{L}", args[0])
+            return None if x is None else (x,)
 
         return hook
 
     def _final(self, module, args):
-        x = args[0]
-        return (x + self._delta("logits", x)[0],)
+        x = self._column("logits", args[0])
+        return None if x is None else (x,)

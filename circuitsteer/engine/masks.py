@@ -46,13 +46,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from circuitsteer import edge_graph as eg
-from circuitsteer.engine.mask_hooks import MaskHooks
+from circuitsteer.engine.branch import _PassThrough
+from circuitsteer.engine.mask_hooks import MaskHooks, Resume
 from circuitsteer.errors import InterventionError
 from circuitsteer.nodes import CHANNELS, head, mlp, parse_node
 
@@ -227,17 +229,109 @@ def sender_outputs(model: Any, tokens: torch.Tensor) -> SenderOutputs:
     return SenderOutputs(tokens, hooks.blocks)
 
 
+class MaskPrefix:
+    """What a no-grad masked forward on ``tokens`` against ``reference`` can start from: the
+    residual entering every block (and the final norm) and every sender's delta row when no
+    edge is patched (:func:`mask_prefix`). A layer all of whose receivers below are clean
+    computes exactly this (a zero mask column adds nothing, nothing is computed for it), so
+    :func:`run_with_mask` given a prefix starts at the first layer with a nonzero mask column,
+    skipping the blocks below: the same operations on the same values as the whole forward.
+    One prefix serves one forward at a time (its delta buffer is reused)."""
+
+    def __init__(self, model: Any, tokens: torch.Tensor, reference: SenderOutputs) -> None:
+        self.tokens, self.reference = tokens, reference
+        s = model.shape
+        mask = EdgeMask(model)
+        resid: dict[int, torch.Tensor] = {}
+        kind: dict[str, bool] = {}
+
+        def grab(layer: int):
+            def hook(module, args, kwargs=None):
+                resid[layer] = args[0] if args else (kwargs or {})["hidden_states"]
+
+            return hook
+
+        def out_kind(module, args, out):
+            kind["tuple"] = isinstance(out, tuple)
+
+        hooks = MaskHooks(model, mask, [b.to(model.device) for b in reference.blocks])
+        arch = model.arch
+        handles = [
+            model.module(arch.path("block", L)).register_forward_pre_hook(grab(L), with_kwargs=True)
+            for L in range(1, s.n_layers)
+        ]
+        handles.append(model.module(arch.path("final_norm")).register_forward_pre_hook(
+            grab(s.n_layers)))  # fmt: skip
+        handles.append(model.module(arch.path("block", 0)).register_forward_hook(out_kind))
+        try:
+            with torch.no_grad():
+                self.logits = model(tokens)
+        finally:
+            hooks.remove()
+            for h in handles:
+                h.remove()
+        assert hooks.buf is not None
+        self.as_tuple = bool(kind.get("tuple", False))
+        self.clean_buf = hooks.buf  # delta rows of the unpatched forward
+        self.buf = hooks.buf.clone()  # the working buffer resumed forwards write into
+        self.dirty = self.buf.shape[0]  # rows from here on may differ from clean_buf
+        self.resid = resid
+        self.n_mlp = mask.n_mlp
+        self.per_layer = s.n_heads + mask.n_mlp  # sender rows per layer
+        self.n_layers = s.n_layers
+        self.order = list(mask.tensors)  # receiver groups in forward order
+        self.partial: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def start(self, mask: EdgeMask) -> int:
+        """The first layer with a nonzero mask column (``n_layers``: only the logits)."""
+        for key in self.order:
+            t = mask.tensors[key]
+            if bool(t.any()):
+                return self.n_layers if key == "logits" else int(key[1:])
+        return self.n_layers
+
+    def resume(self, layer: int) -> Resume:
+        """The start at ``layer``, its delta rows restored to the clean forward's."""
+        blocks = 1 + layer * (1 + self.n_mlp)  # input, then per layer the heads and the MLP
+        rows = 1 + layer * self.per_layer
+        if self.dirty < rows:
+            self.buf[self.dirty : rows] = self.clean_buf[self.dirty : rows]
+        self.dirty = rows
+        return Resume(layer, self.resid[layer], self.buf, rows, blocks, self.partial)
+
+
+def mask_prefix(
+    model: Any, tokens: torch.Tensor, reference: torch.Tensor | SenderOutputs
+) -> MaskPrefix:
+    """Record the unpatched forward's state on ``tokens`` against ``reference`` (corrupted
+    tokens or their :func:`sender_outputs`) once, so that :func:`run_with_mask` forwards with
+    it start at the mask's first changed layer (ACDC: the receiver under test).
+
+    >>> import circuitsteer as cs
+    >>> m = cs.random_gpt2(n_layers=3, n_heads=2, d_model=16)
+    >>> a, b = torch.randint(0, 256, (2, 2, 5))
+    >>> p, mask = mask_prefix(m, a, b), EdgeMask(m)
+    >>> mask["a1.h0", "a2.h1", "k"] = 1.0
+    >>> torch.equal(run_with_mask(m, a, mask, p), run_with_mask(m, a, mask, b))
+    True
+    """
+    ref = reference if isinstance(reference, SenderOutputs) else sender_outputs(model, reference)
+    return MaskPrefix(model, tokens, ref)
+
+
 def run_with_mask(
     model: Any,
     tokens: torch.Tensor,
     mask: EdgeMask,
-    reference: torch.Tensor | SenderOutputs,
+    reference: torch.Tensor | SenderOutputs | MaskPrefix,
     grad: bool | None = None,
 ) -> torch.Tensor:
     """Logits of a forward on ``tokens`` where every edge reads ``mask``'s share of its sender's
     patched output (``reference``: corrupted tokens of the same shape, or their
-    :func:`sender_outputs`). ``grad``: keep the graph (default: when a mask tensor requires
-    grad), so ``torch.autograd.grad(metric, mask.parameters())`` gives every edge's gradient.
+    :func:`sender_outputs`, or a :func:`mask_prefix` of ``tokens`` against them: then a no-grad
+    forward starts at the first layer with a nonzero mask column, from the recorded residual).
+    ``grad``: keep the graph (default: when a mask tensor requires grad), so
+    ``torch.autograd.grad(metric, mask.parameters())`` gives every edge's gradient.
 
     >>> import circuitsteer as cs
     >>> m = cs.random_gpt2(n_layers=1, n_heads=2, d_model=16)
@@ -250,7 +344,19 @@ def run_with_mask(
             f"the mask is for {mask.shape.describe()}, the model is {model.shape.describe()}",
             fix="build the mask with EdgeMask(model)",
         )
-    ref = reference if isinstance(reference, SenderOutputs) else sender_outputs(model, reference)
+    prefix = None
+    if isinstance(reference, MaskPrefix):
+        prefix = reference
+        if prefix.tokens is not tokens and not torch.equal(prefix.tokens, tokens):
+            raise InterventionError(
+                "the mask prefix was recorded on other tokens",
+                fix="record it with mask_prefix(model, tokens, reference) for these tokens",
+            )
+        ref = prefix.reference
+    elif isinstance(reference, SenderOutputs):
+        ref = reference
+    else:
+        ref = sender_outputs(model, reference)
     if ref.tokens.shape != tokens.shape:
         raise InterventionError(
             f"reference tokens are {tuple(ref.tokens.shape)} but the tokens are "
@@ -259,9 +365,31 @@ def run_with_mask(
         )
     if grad is None:
         grad = any(t.requires_grad for t in mask.tensors.values())
-    hooks = MaskHooks(model, mask, [b.to(model.device) for b in ref.blocks])
+    resume = None
+    if prefix is not None and not grad:
+        start = prefix.start(mask)
+        resume = prefix.resume(start) if start > 0 else None
+    hooks = MaskHooks(model, mask, [b.to(model.device) for b in ref.blocks], resume)
     try:
         with torch.set_grad_enabled(grad):
-            return model(tokens)
+            if resume is None:
+                return model(tokens)
+            with _skipping(model, resume.layer, prefix.as_tuple if prefix else False):
+                return model(tokens)
     finally:
         hooks.remove()
+
+
+@contextmanager
+def _skipping(model: Any, layer: int, as_tuple: bool) -> Iterator[None]:
+    """Blocks ``0..layer-1`` pass their input through (their result is fed in above them)."""
+    first = model.arch.path("block", 0)
+    blocks = model.module(first.rpartition(".")[0])
+    saved = [blocks[i] for i in range(layer)]
+    try:
+        for i in range(layer):
+            blocks[i] = _PassThrough(as_tuple)
+        yield
+    finally:
+        for i, b in enumerate(saved):
+            blocks[i] = b
