@@ -45,7 +45,7 @@ from circuitsteer.discovery._common import (
     run_meta,
 )
 from circuitsteer.discovery._metric import make_metric
-from circuitsteer.engine.masks import EdgeMask, run_with_mask
+from circuitsteer.engine.masks import EdgeMask, mask_prefix, run_with_mask
 from circuitsteer.nodes import CHANNELS, head, mlp
 
 ORDERS = ("reverse", "forward")
@@ -108,11 +108,14 @@ def acdc(
     t0 = time.perf_counter()
     met = make_metric(metric, model, task)
     refs = references(model, task, ablation, positions)
+    # the unpatched forward's residual per layer and sender deltas: each test's forward starts
+    # at the first layer the mask changes (the receiver's), computing what the whole one would
+    prefix = mask_prefix(model, task.clean, refs.ablated)
     t_setup = time.perf_counter() - t0
 
     def loss(mask: EdgeMask) -> float:
         with torch.no_grad():
-            return float(met(run_with_mask(model, task.clean, mask, refs.ablated)).double().mean())
+            return float(met(run_with_mask(model, task.clean, mask, prefix)).double().mean())
 
     mask = EdgeMask(model)
     score = {
