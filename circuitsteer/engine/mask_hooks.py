@@ -5,7 +5,9 @@ grouped-query attention the heads whose k/v can change get their attention recom
 
 Without autograd only *active* receivers are computed: a receiver whose mask column is all zero
 reads its input unchanged, so its group skips it (a group with no active receiver installs no
-change at all, and a forward whose lower layers are all inactive is the plain forward there).
+change at all, and a forward whose lower layers are all inactive is the plain forward there),
+and receivers of a layer whose columns are equal (ACDC: every incoming edge ablated) share one
+computed, normalized input, projected through their weights in one product.
 A forward may also *resume* at a layer (:class:`Resume`): the residual entering that block and
 the delta rows of the senders below it come from a recording of the same forward
 (:func:`circuitsteer.engine.masks.mask_prefix`), the blocks below are not run."""
@@ -56,6 +58,7 @@ class MaskHooks:
         self.handles: list[Any] = []
         self.diff: dict[int, torch.Tensor | None] = {}
         self.active: dict[int, torch.Tensor | None] = {}  # no grad: the a{L} columns computed
+        self.inverse: dict[int, torch.Tensor] = {}  # no grad: each active column's distinct one
         self.buf: torch.Tensor | None = None
         self.filled = 0
         self.n_blocks = 0  # sender blocks written (the reference block the next one reads)
@@ -104,6 +107,7 @@ class MaskHooks:
 
     def _reset(self) -> None:
         self.blocks, self.outs, self.diff, self.active, self.buf = [], [], {}, {}, None
+        self.inverse = {}
         self.filled = self.n_blocks = 0
         self.claimed, self.sgrads = 0, SenderGrads()
         self.attn_kw, self.proj, self.kv_delta = {}, {}, {}
@@ -280,13 +284,14 @@ class MaskHooks:
             act = (m != 0).any(0).nonzero().flatten()
             if act.numel() == 0:  # no receiver of this layer reads a change
                 return
-            # the active receivers' inputs x + m[:, r].T @ deltas in one product, normalized
-            y = torch.addmm(
-                x.reshape(1, -1), m[:, act].T.to(self.buf.dtype), self.buf[: m.shape[0]]
-            )
-            y = ln.forward(y.view(act.numel(), *x.shape))
-            self.diff[L] = y.sub_(ln.forward(x)).flatten(1, -2)
+            # receivers with equal columns read equal inputs (ACDC: every edge ablated is a
+            # column of ones): x + u.T @ deltas once per distinct column u, normalized
+            uniq, inv = torch.unique(m[:, act], dim=1, return_inverse=True)
+            y = torch.addmm(x.reshape(1, -1), uniq.T.to(self.buf.dtype), self.buf[: m.shape[0]])
+            y = ln.forward(y.view(uniq.shape[1], *x.shape))
+            self.diff[L] = y.sub_(ln.forward(x)).flatten(1, -2)  # [U, BP, d]
             self.active[L] = act
+            self.inverse[L] = inv
 
         return hook
 
@@ -323,11 +328,16 @@ class MaskHooks:
                 lo, hi = (int(i) for i in torch.searchsorted(act, torch.tensor([r0, r0 + R])))
                 if lo == hi:
                     return None
-                local = act[lo:hi] - r0
-                contrib = torch.bmm(diff[lo:hi], W.index_select(0, local))  # [k, BP, dh]
-                sel = idx.view(R, dh).index_select(0, local.to(idx.device)).flatten()
-                flat = contrib.transpose(0, 1).reshape(*out.shape[:-1], -1)
-                return out.index_add_(-1, sel, flat)
+                local, inv = act[lo:hi] - r0, self.inverse[L][lo:hi]
+                cols2 = idx.view(R, dh)
+                d_in = W.shape[1]
+                for u in torch.unique(inv).tolist():  # one product per distinct input
+                    rs = local[inv == u]
+                    Wu = W.index_select(0, rs).permute(1, 0, 2).reshape(d_in, -1)  # [d, j*dh]
+                    contrib = diff[u] @ Wu  # [BP, j*dh]
+                    sel = cols2.index_select(0, rs.to(idx.device)).flatten()
+                    out.index_add_(-1, sel, contrib.view(*out.shape[:-1], -1))
+                return out
             contrib = torch.bmm(diff[r0 : r0 + R], W)  # [R, BP, dh]
             if self.gqa:
                 return self._gqa_qkv(L, channels, out, idx, contrib)
