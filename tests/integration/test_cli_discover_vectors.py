@@ -82,3 +82,22 @@ def test_help_shows_an_example():
     for cmd in (["discover"], ["vectors", "extract"]):
         res = invoke(*cmd, "--help")
         assert res.exit_code == 0 and "Example" in res.output, (cmd, res.output)
+
+
+def test_discover_from_a_spec_runs_only_its_discovery_entries(tmp_path, monkeypatch):
+    spec = tmp_path / "d.yaml"
+    spec.write_text(
+        "name: d\nmodel: toy-ioi\ntask: {name: ioi, n: 8}\nanalyses:\n"
+        "  - {name: eap, kind: discovery, method: eap}\n"
+        "  - {name: heads, kind: head_ablation}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # runs/ goes under the test's folder
+    res = invoke("discover", "--spec", str(spec), "--quiet")
+    assert res.exit_code == 0, res.output
+    (run,) = (tmp_path / "runs").iterdir()
+    rows = pd.read_parquet(run / "results.parquet")
+    n_edges = len(cs.full_edge_graph(cs.load_model("toy-ioi").shape).edge_keys())
+    assert set(rows["analysis"]) == {"eap"} and len(rows) == n_edges
+    spec.write_text("name: d\nmodel: toy-ioi\nanalyses:\n  - {name: heads, kind: head_ablation}\n")
+    res = invoke("discover", "--spec", str(spec), "--quiet")
+    assert res.exit_code == 2 and "discovery" in res.output, res.output
