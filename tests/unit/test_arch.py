@@ -8,6 +8,7 @@ from __future__ import annotations
 import arch_reference as ref
 import pytest
 import torch
+from perturbed import perturbed_model
 
 import circuitsteer as cs
 from circuitsteer.engine import run, run_variants
@@ -27,14 +28,7 @@ FAMILIES = {
 
 def build(key: str):
     family, cfg = FAMILIES[key]
-    model = cs.models.random_model(
-        family, n_layers=3, n_heads=4, d_model=32, d_mlp=48, seed=2, **cfg
-    )
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():  # move biases and norm gains off their 0/1 init, so they are exercised
-        for p in model.hf.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return model
+    return perturbed_model(family, cfg)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from perturbed import perturbed_model
 
 import circuitsteer as cs
 from circuitsteer.engine.masks import EdgeMask, mask_prefix, run_with_mask, sender_outputs
@@ -23,12 +24,7 @@ FAMILIES = {
 
 def build(key):
     family, cfg = FAMILIES[key]
-    m = cs.models.random_model(family, n_layers=3, n_heads=4, d_model=32, d_mlp=48, seed=2, **cfg)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in m.hf.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return m
+    return perturbed_model(family, cfg)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

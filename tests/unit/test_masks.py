@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from perturbed import perturbed_model
 
 import circuitsteer as cs
 from circuitsteer.engine import run
@@ -22,13 +23,7 @@ FAMILIES = {
 
 def build(key, dtype=torch.float32):
     family, cfg = FAMILIES[key]
-    m = cs.models.random_model(family, n_layers=3, n_heads=4, d_model=32, d_mlp=48, seed=2, **cfg)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in m.hf.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    m.hf.to(dtype)
-    return m
+    return perturbed_model(family, cfg, dtype)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
