@@ -103,20 +103,29 @@ def branched(
         return
     x, as_tuple = pre if pre is not None else resid_pre(model, tokens, layer)
     stacked = x.repeat(copies, *([1] * (x.dim() - 1)))
-    arch = model.arch
-    first = arch.path("block", 0)
-    parent_path, _, _ = first.rpartition(".")
-    blocks = model.module(parent_path)
-    saved = [blocks[i] for i in range(layer)]
 
     def feed(module, args, kwargs):
         if args:
             return (stacked, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": stacked}
 
-    handle = model.module(arch.path("block", layer)).register_forward_pre_hook(
+    handle = model.module(model.arch.path("block", layer)).register_forward_pre_hook(
         feed, with_kwargs=True, prepend=True
     )
+    try:
+        with skipping_blocks(model, layer, as_tuple):
+            yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def skipping_blocks(model: Any, layer: int, as_tuple: bool) -> Iterator[None]:
+    """Inside the block, blocks ``0..layer-1`` pass their input through (whoever calls this
+    feeds block ``layer`` the residual it should start from); they are put back on exit."""
+    first = model.arch.path("block", 0)
+    blocks = model.module(first.rpartition(".")[0])
+    saved = [blocks[i] for i in range(layer)]
     try:
         for i in range(layer):
             blocks[i] = _PassThrough(as_tuple)
@@ -124,4 +133,3 @@ def branched(
     finally:
         for i, b in enumerate(saved):
             blocks[i] = b
-        handle.remove()

@@ -46,14 +46,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from circuitsteer import edge_graph as eg
-from circuitsteer.engine.branch import _PassThrough
+from circuitsteer.engine.branch import skipping_blocks
 from circuitsteer.engine.mask_hooks import MaskHooks, Resume
 from circuitsteer.errors import InterventionError
 from circuitsteer.nodes import CHANNELS, head, mlp, parse_node
@@ -374,22 +373,7 @@ def run_with_mask(
         with torch.set_grad_enabled(grad):
             if resume is None:
                 return model(tokens)
-            with _skipping(model, resume.layer, prefix.as_tuple if prefix else False):
+            with skipping_blocks(model, resume.layer, prefix.as_tuple if prefix else False):
                 return model(tokens)
     finally:
         hooks.remove()
-
-
-@contextmanager
-def _skipping(model: Any, layer: int, as_tuple: bool) -> Iterator[None]:
-    """Blocks ``0..layer-1`` pass their input through (their result is fed in above them)."""
-    first = model.arch.path("block", 0)
-    blocks = model.module(first.rpartition(".")[0])
-    saved = [blocks[i] for i in range(layer)]
-    try:
-        for i in range(layer):
-            blocks[i] = _PassThrough(as_tuple)
-        yield
-    finally:
-        for i, b in enumerate(saved):
-            blocks[i] = b
