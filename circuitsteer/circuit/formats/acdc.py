@@ -37,7 +37,8 @@ from circuitsteer.circuit._graph import Circuit
 from circuitsteer.circuit._parts import graph_key
 from circuitsteer.circuit.formats._common import read_input
 from circuitsteer.errors import CircuitFormatError, NodeNameError
-from circuitsteer.nodes import Node, node_from_tl_hook, tl_hook
+from circuitsteer.hook_names import node_from_tl_hook, tl_hook
+from circuitsteer.nodes import Node
 
 Row = tuple[str, tuple[int | None, ...], str, tuple[int | None, ...], Any]
 _FIX = (
