@@ -173,13 +173,15 @@ def references(
     module doc)."""
     clean = clean if clean is not None else sender_outputs(model, task.clean)
     B, P = task.clean.shape
+    where = position_mask(task, positions)
+    if ablation == "resample" and where is None:  # the corrupted run's blocks as they are
+        return References(clean, sender_outputs(model, task.corrupted))
     if ablation == "zero":
         abl = torch.zeros_like(_stack(clean, B, P))
     else:
         abl = _stack(sender_outputs(model, task.corrupted), B, P)
         if ablation == "mean":
             abl = mean_per_position(abl, task.lengths)
-    where = position_mask(task, positions)
     if where is not None:
         abl = torch.where(where.to(abl.device)[None, :, :, None], abl, _stack(clean, B, P))
     return References(clean, _unstack(abl, clean, task.clean))

@@ -42,8 +42,9 @@ def fast_receiver_grads(
     input_value: torch.Tensor | None = None,
     senders: list[torch.Tensor] | None = None,
     copies: int = 1,
-    into: dict[str, torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
+    into: dict[str, Any] | None = None,
+    factored: bool = False,
+) -> dict[str, Any]:
     """Like :func:`circuitsteer.discovery.eap.receiver_grads`: per mask group, the gradient of
     ``loss_fn(logits)`` (a scalar) at every receiver's input, ``[n_receivers, B*P*d]``.
     ``input_value``: the residual entering block 0 (else the model's own embedding).
@@ -51,7 +52,9 @@ def fast_receiver_grads(
     :func:`~circuitsteer.engine.masks.sender_outputs`'s layout (``input``, each layer's heads
     ``z_h W_O_h``, its MLP), so a clean pass need not be recorded again. ``copies``: the batch
     is that many stacked copies of ``B`` rows (EAP-IG's steps); the gradients are summed over
-    them. ``into``: add the gradients into these tensors in place (and return them)."""
+    them. ``into``: add the gradients into these (and return them). ``factored``: leave each
+    layer's head gradients as a :class:`HeadGrads` (summing passes is cheaper before
+    :meth:`HeadGrads.dense`)."""
     arch, s = model.arch, model.shape
     mod = lambda role, L=None: model.module(arch.path(role, L))  # noqa: E731
     norm_in: dict[int, torch.Tensor] = {}
@@ -130,52 +133,203 @@ def fast_receiver_grads(
         else:
             out[key] = v.detach()
 
-    H, dh = s.n_heads, s.d_head
     for L in range(s.n_layers):
-        cols, ws = [], []
-        for role, chans in roles.items():
-            m = mod(role, L)
-            for ch in chans:
-                for h in range(H):
-                    c = arch.qkv_cols(ch, h)
-                    cols.append(g[(L, role)][..., c].reshape(-1, dh))
-                    ws.append(arch.in_cols(m, c).T)  # [dh, d]
-        # channel-major order of the mask's columns: q heads, k heads, v heads
-        order = [
-            CHANNELS.index(ch) for role, chans in roles.items() for ch in chans for _ in range(H)
-        ]
-        idx = sorted(range(len(cols)), key=lambda i: (order[i], i))
-        G = torch.stack([cols[i] for i in idx])  # [R, BP, dh]: dL/d(each head's columns)
-        W = torch.stack([ws[i] for i in idx])  # [R, dh, d]
+        key, norm = f"a{L}", mod("ln1", L)
+        G, V, W = _head_factors(model, g, proj_out, L, norm)
         x = norm_in[L].detach()
-        key = f"a{L}"
+        x = x.reshape(-1, x.shape[-1])
         acc = out.get(key)
-        got = norm_vjp(mod("ln1", L), x.reshape(-1, x.shape[-1]), G, W, copies,
-                       None if acc is None else acc.view(len(idx), -1, x.shape[-1]))  # fmt: skip
-        if got is None:  # an unknown norm: autograd over R stacked copies of its input
+        if acc is None:
+            acc = out[key] = HeadGrads()
+        if norm_vjp(norm, x, G, W, copies, acc, V) is None:
+            # an unknown norm: autograd over R stacked copies of its input
             u = torch.bmm(G, W)
-            xr = x.unsqueeze(0).expand(len(idx), *x.shape).contiguous().requires_grad_(True)
+            xr = x.unsqueeze(0).expand(len(W), *x.shape).contiguous().requires_grad_(True)
             with torch.enable_grad():
-                (gx,) = torch.autograd.grad(mod("ln1", L).forward(xr), xr, u.view(xr.shape))
-            add(key, gx, len(idx))
-        elif acc is None:
-            out[key] = got.reshape(len(idx), -1)
+                (gx,) = torch.autograd.grad(norm.forward(xr), xr, u.view(xr.shape))
+            acc.add_rest(gx.reshape(len(W), copies, -1, x.shape[-1]).sum(1))
         if s.d_mlp > 0:
             add(f"m{L}", g[f"m{L}"])
     add("logits", g["logits"])
+    if not factored:
+        for k, v in out.items():
+            if isinstance(v, HeadGrads):
+                out[k] = v.flat()
     return out
 
 
-def _norm_kind(norm: Any) -> tuple[str, float, torch.Tensor | None] | None:
-    """("layer" | "rms", eps, gain) of a LayerNorm or an RMSNorm (Llama's, Qwen2's); None
-    for any other module."""
+def _head_factors(
+    model: Any, g: dict, proj_out: dict, L: int, norm: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer ``L``'s head receivers in the mask's column order (channel-major: q heads, k
+    heads, v heads): ``G`` ``dL/d(their projection columns)`` ``[R, N, dh]``, ``V`` those
+    columns' values less the projection of the norm's shift (``(gain * xh) @ W_r.T``, what
+    the norm VJP needs) ``[R, N, dh]``, both transposed views of ``[N, R, dh]`` tensors, and
+    ``W`` their weights ``[R, dh, d]``."""
+    arch, s = model.arch, model.shape
+    dh = s.d_head
+    gs, vs, ws = [], [], []
+    for role, idx in _columns(arch, s):
+        m = model.module(arch.path(role, L))
+        gr, qr = g[(L, role)], proj_out[(L, role)].detach()
+        gr, qr = gr.reshape(-1, gr.shape[-1]), qr.reshape(-1, qr.shape[-1])
+        if not (len(idx) == gr.shape[-1] and bool((idx == torch.arange(len(idx))).all())):
+            gr, qr = gr[:, idx], qr[:, idx]
+        beta = norm_shift(norm)
+        zero = torch.zeros(s.d_model, dtype=qr.dtype, device=qr.device)
+        shift = arch.project(m, idx, (zero if beta is None else beta.detach())[None])
+        gs.append(gr)
+        vs.append(qr - shift.to(qr.dtype))
+        ws.append(arch.in_cols(m, idx).detach().T.reshape(-1, dh, s.d_model))
+    cat = (lambda t: t[0]) if len(gs) == 1 else (lambda t: torch.cat(t, dim=-1))  # noqa: E731
+    G = cat(gs).view(len(gs[0]), -1, dh).transpose(0, 1)
+    V = cat(vs).view(len(vs[0]), -1, dh).transpose(0, 1)
+    return G, V, torch.cat(ws) if len(ws) > 1 else ws[0]
+
+
+def _columns(arch: Any, s: Any) -> list[tuple[str, torch.Tensor]]:
+    """Per run of q/k/v modules in the mask's column order, the module's role and the output
+    columns its receivers read (GPT-2: one run, ``c_attn``'s columns in order; Llama: q, k,
+    v projections; GPT-NeoX: ``query_key_value`` with its per-head interleaving)."""
+    items = sorted(
+        (CHANNELS.index(ch), h, role, arch.qkv_cols(ch, h))
+        for role, chans in arch.qkv_modules().items()
+        for ch in chans
+        for h in range(s.n_heads)
+    )
+    runs: list[tuple[str, list[slice]]] = []
+    for _, _, role, sl in items:
+        if runs and runs[-1][0] == role:
+            runs[-1][1].append(sl)
+        else:
+            runs.append((role, [sl]))
+    return [(r, torch.cat([torch.arange(c.start, c.stop) for c in sls])) for r, sls in runs]
+
+
+class HeadGrads:
+    """One layer's head receivers' input gradients ``[R, n, d]``, summed over passes and kept
+    factored until read: ``lin @ B - sum_k c_k * xh_k (+ rest)``. The norm VJP's part that is
+    linear in the cotangents (``lin``, ``[R, n, dh]``) is summed over passes before its one
+    batched product; each pass adds its ``(c [R, n], xh [n, d])`` term. :meth:`block` builds
+    the dense gradient of a few positions at a time (what :func:`contract` streams through
+    the cache), so the ``[R, n, d]`` tensor (24x the residual stream on the zoo model) is
+    never allocated whole on the EAP paths. ``rest``: dense parts (an unknown norm's
+    autograd VJP).
+
+    >>> h = HeadGrads(torch.ones(2, 3, 4))
+    >>> h.add_lin(torch.ones(2, 5, 3)); h.add_lin(torch.ones(2, 5, 3))
+    >>> h.add_term(torch.ones(2, 5), torch.ones(5, 4))
+    >>> h.flat().shape, float(h.dense()[0, 0, 0])
+    (torch.Size([2, 20]), 5.0)
+    """
+
+    def __init__(self, B: torch.Tensor | None = None) -> None:
+        self.B = B  # [R, k, d], set by the first norm_vjp
+        self.lin: torch.Tensor | None = None  # [R, n, k]
+        self.terms: list[tuple[torch.Tensor, torch.Tensor]] = []  # (c [R, n], xh [n, d])
+        self.rest: torch.Tensor | None = None  # [R, n, d]
+
+    def add_lin(self, a: torch.Tensor) -> None:
+        if self.lin is None:
+            self.lin = a.contiguous()
+        else:
+            self.lin.add_(a)
+
+    def add_term(self, c: torch.Tensor, xh: torch.Tensor) -> None:
+        """Subtract ``c[r, i] * xh[i]`` (``c`` ``[R, n]``, ``xh`` ``[n, d]``)."""
+        self.terms.append((c, xh))
+
+    def add_rest(self, t: torch.Tensor) -> None:
+        self.rest = t.clone() if self.rest is None else self.rest.add_(t)
+
+    def block(self, i: int, j: int) -> torch.Tensor:
+        """The summed gradients of positions ``i:j``, ``[R, j - i, d]`` (a new tensor)."""
+        if self.lin is not None:
+            out = torch.bmm(self.lin[:, i:j], self.B.to(self.lin.dtype))  # type: ignore[union-attr]
+            if self.rest is not None:
+                out += self.rest[:, i:j]
+        else:
+            assert self.rest is not None
+            out = self.rest[:, i:j].clone()
+        for c, xh in self.terms:
+            out.addcmul_(c[:, i:j].unsqueeze(-1), xh[i:j].unsqueeze(0), value=-1.0)
+        return out
+
+    def dense(self) -> torch.Tensor:
+        """The summed gradients ``[R, n, d]``."""
+        n = self.lin.shape[1] if self.lin is not None else self.rest.shape[1]  # type: ignore
+        return self.block(0, n)
+
+    def flat(self) -> torch.Tensor:
+        """:meth:`dense` as ``[R, n*d]`` (the mask group's layout)."""
+        t = self.dense()
+        return t.reshape(t.shape[0], -1)
+
+
+CHUNK_BYTES = 1 << 21  # contract's working set per chunk of positions (about the L2 cache)
+
+
+@torch.no_grad()
+def contract(
+    ablated: list[torch.Tensor],
+    clean: list[torch.Tensor],
+    grads: dict[str, Any],
+    senders: dict[str, int],
+    d: int,
+) -> dict[str, torch.Tensor]:
+    """Per mask group ``k``: ``(ablated - clean)[:senders[k]] @ grads[k].T``, float64
+    ``[senders, receivers]``. ``ablated``/``clean``: sender blocks ``[rows, N*d]`` in the mask's
+    sender order (:class:`~circuitsteer.engine.masks.SenderOutputs`); ``grads[k]``: ``[R,
+    N*d]`` or a :class:`HeadGrads`. Streams over chunks of positions, so neither the deltas
+    ``[senders, N*d]`` nor a head layer's dense gradients are ever built whole (both are
+    memory-bound and, at tens of MB, mostly page faults when allocated fresh); float32
+    products per chunk, summed in float64.
+
+    >>> a, c = [torch.ones(1, 8), torch.ones(2, 8)], [torch.zeros(1, 8), torch.zeros(2, 8)]
+    >>> contract(a, c, {"x": torch.ones(1, 8)}, {"x": 3}, d=2)["x"].flatten().tolist()
+    [8.0, 8.0, 8.0]
+    """
+    top = max(senders[k] for k in grads)
+    rows = [b.shape[0] for b in clean]
+    N = clean[0].shape[1] // d
+    step = max(16, CHUNK_BYTES // (4 * d * top))
+    buf = torch.empty(top, min(step, N) * d, dtype=clean[0].dtype, device=clean[0].device)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(0, N, step):
+        j = min(N, i + step)
+        cols, w = slice(i * d, j * d), (j - i) * d
+        r = 0
+        for a, c, m in zip(ablated, clean, rows, strict=True):
+            if r >= top:
+                break
+            m = min(m, top - r)
+            torch.sub(a[:m, cols], c[:m, cols], out=buf[r : r + m, :w])
+            r += m
+        for key, g in grads.items():
+            gk = g.block(i, j).flatten(1) if isinstance(g, HeadGrads) else g[:, cols]
+            part = (buf[: senders[key], :w] @ gk.to(buf.dtype).T).double()
+            out[key] = part if key not in out else out[key].add_(part)
+    return out
+
+
+def _norm_kind(norm: Any) -> tuple[str, float, torch.Tensor | None, torch.Tensor | None] | None:
+    """("layer" | "rms", eps, gain, bias) of a LayerNorm or an RMSNorm (Llama's, Qwen2's);
+    None for any other module."""
     if isinstance(norm, torch.nn.LayerNorm) and len(norm.normalized_shape) == 1:
-        return "layer", float(norm.eps), norm.weight
+        return "layer", float(norm.eps), norm.weight, norm.bias
     eps = getattr(norm, "variance_epsilon", None)
     w = getattr(norm, "weight", None)
     if type(norm).__name__.endswith("RMSNorm") and eps is not None and w is not None:
-        return "rms", float(eps), w
+        return "rms", float(eps), w, None
     return None
+
+
+def norm_shift(norm: Any) -> torch.Tensor | None:
+    """The norm's additive output term (a LayerNorm's bias; None if it has none), so that
+    ``norm(x) = gain * xh + shift``: :func:`fast_receiver_grads` subtracts its projection from
+    the projection outputs to get ``(gain * xh) @ W_r.T`` without another product."""
+    kind = _norm_kind(norm)
+    return None if kind is None else kind[3]
 
 
 def norm_vjp(
@@ -184,54 +338,51 @@ def norm_vjp(
     G: torch.Tensor,
     W: torch.Tensor,
     copies: int = 1,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor | None:
+    out: torch.Tensor | HeadGrads | None = None,
+    V: torch.Tensor | None = None,
+) -> torch.Tensor | HeadGrads | None:
     """``d/dx`` of ``sum_r G[r] . (norm(x) @ W[r].T)`` for each receiver ``r``, ``[R, N, d]``:
     the norm's vector-Jacobian product at ``x`` (``[N, d]``) of the cotangents ``G[r] @ W[r]``
     (``G`` ``[R, N, dh]``, ``W`` ``[R, dh, d]``), in closed form without copies of ``x``.
     ``copies``: ``x``'s rows are that many stacked copies of ``N / copies`` rows, and the result
-    is summed over them (``[R, N / copies, d]``); ``out``: add it into this tensor in place.
+    is summed over them (``[R, N / copies, d]``). ``out``: a tensor to add the result into in
+    place, or a :class:`HeadGrads` to accumulate it into (returned, still factored). ``V``:
+    ``(gain * xh) @ W[r].T`` (``[R, N, dh]``) if the caller has it (the projection's outputs
+    less their shift), else one product computes it.
 
     LayerNorm, ``xh = (x - mean) * rstd``, ``g = gain * u``: ``dx = rstd * (g - mean(g) - xh *
-    mean(g * xh))`` (RMSNorm: no ``mean(g)`` term, ``xh = x * rstd``). The gain and ``rstd`` are
-    folded into ``W`` and ``G``, ``mean(g)`` into the same batched product (one more column,
-    and linear in ``G``, so copies are summed before the product), ``mean(g * xh)`` is
-    ``G[r] . (gain * xh) @ W[r].T / d`` (one matmul for every receiver); what is left is one
-    pass per copy adding ``-c * xh``. None for a norm that is neither (the caller
-    differentiates it)."""
+    mean(g * xh))`` (RMSNorm: no ``mean(g)`` term, ``xh = x * rstd``). ``rstd`` is folded into
+    ``G``, the gain and the ``mean(g)`` term into ``W`` (``gain * W`` centred over ``d``), so
+    the linear part is ``(rstd G) @ B`` for all copies at once; ``mean(g * xh)`` is ``(rstd G)
+    . V / d``, and ``-c * xh`` one ``addcmul`` per copy. None for a norm that is neither (the
+    caller differentiates it)."""
     kind = _norm_kind(norm)
     if kind is None:
         return None
-    name, eps, gain = kind
+    name, eps, gain, _ = kind
     d = x.shape[-1]
     R, N, dh = G.shape
     n = N // copies
     xf = x.to(torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x
-    if name == "layer":
-        var, mean = torch.var_mean(xf, dim=-1, keepdim=True, correction=0)
-        xc = xf - mean
+    if name == "layer":  # one fused kernel for xh and rstd (var_mean is ~6x slower here)
+        xh, _, rstd = torch.native_layer_norm(xf, [d], None, None, eps)
     else:
-        var, xc = xf.pow(2).mean(-1, keepdim=True), xf
-    rstd = torch.rsqrt(var + eps)  # [N, 1]
-    xh = (xc * rstd).to(x.dtype)  # [N, d]
-    gw = W if gain is None else W * gain.detach().to(W.dtype)  # [R, dh, d]: gain folded in
-    Gs = G * rstd.to(G.dtype)  # [R, N, dh]
-    # c2[r, n] = mean over d of (gain * u_r * xh) = G[r] . (xh @ gw[r].T) / d: one product
-    V = (xh @ gw.permute(2, 0, 1).reshape(d, R * dh)).view(N, R, dh).transpose(0, 1)
-    c2 = (Gs * V).sum(-1, keepdim=True) / d  # [R, N, 1], rstd included
-    Gsum = Gs.view(R, copies, n, dh).sum(1) if copies > 1 else Gs
-    if name == "layer":
-        # -mean(g) * rstd as one more column of the product: G . (gw @ 1) / d
-        c1 = torch.bmm(Gsum, gw.sum(-1, keepdim=True)) / d  # [R, n, 1]
-        A = torch.cat([Gsum, -c1], dim=-1)
-        B = torch.cat([gw, torch.ones_like(gw[:, :1])], dim=1)
-    else:
-        A, B = Gsum, gw
-    if out is None:
-        out = torch.bmm(A, B)
-    else:
-        out.baddbmm_(A, B)
-    c2 = c2.to(out.dtype)
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        xh = xf * rstd
+    xh = xh.to(x.dtype)
+    gw = W if gain is None else W * gain.detach().to(W.dtype)  # [R, dh, d]
+    if V is None:
+        V = (xh @ gw.permute(2, 0, 1).reshape(d, R * dh)).view(N, R, dh).transpose(0, 1)
+    Gs = G.transpose(0, 1) * rstd.to(G.dtype).unsqueeze(-1)  # [N, R, dh] (G's layout)
+    c = (Gs * V.transpose(0, 1)).sum(-1).T / d  # [R, N]: mean(g * xh), rstd included
+    Gsum = Gs.reshape(copies, n, R, dh).sum(0) if copies > 1 else Gs
+    acc = out if isinstance(out, HeadGrads) else HeadGrads()
+    if acc.B is None:  # the mean(g) term folded in: mean over d of G @ gw is G @ mean(gw)
+        acc.B = gw - gw.mean(-1, keepdim=True) if name == "layer" else gw
+    acc.add_lin(Gsum.transpose(0, 1))
     for j in range(copies):
-        out.addcmul_(c2[:, j * n : (j + 1) * n], xh[j * n : (j + 1) * n].unsqueeze(0), value=-1.0)
-    return out
+        acc.add_term(c[:, j * n : (j + 1) * n], xh[j * n : (j + 1) * n])
+    if isinstance(out, HeadGrads):
+        return out
+    got = acc.dense()
+    return got if out is None else out.add_(got)

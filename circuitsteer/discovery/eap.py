@@ -50,7 +50,7 @@ from circuitsteer.discovery._common import (
     references,
     run_meta,
 )
-from circuitsteer.discovery._grads import fast_receiver_grads, supported
+from circuitsteer.discovery._grads import contract, fast_receiver_grads, supported
 from circuitsteer.discovery._metric import Metric, make_metric
 from circuitsteer.engine.masks import EdgeMask, SenderOutputs, run_with_mask, sender_outputs
 from circuitsteer.interventions import Patch, Site
@@ -70,17 +70,19 @@ def receiver_grads(
     met: Metric,
     input_value: torch.Tensor | None = None,
     senders: list[torch.Tensor] | None = None,
-) -> dict[str, torch.Tensor]:
+    factored: bool = False,
+) -> dict[str, Any]:
     """``dL/d(receiver input)`` for every receiver, per mask group (``a{L}`` ``[3H, B*P*d]``,
     ``m{L}`` and ``logits`` ``[1, B*P*d]``), ``L`` the summed per-example loss. With
     ``input_value`` (``[B, P, d]``) the input embedding is replaced by it (EAP-IG's
     interpolation). One plain forward + backward (:mod:`._grads`) unless the model groups its
     k/v heads; then :func:`captured_receiver_grads`. ``senders`` (a list) receives the sender
-    outputs of this forward (clean input only on the engine path)."""
+    outputs of this forward (clean input only on the engine path). ``factored``: the fast
+    path's head groups stay :class:`~circuitsteer.discovery._grads.HeadGrads` (see
+    :func:`_contract`)."""
     if supported(model):
-        return fast_receiver_grads(
-            model, task.clean, lambda lg: met(lg).sum(), input_value, senders
-        )
+        loss = lambda lg: met(lg).sum()  # noqa: E731
+        return fast_receiver_grads(model, task.clean, loss, input_value, senders, factored=factored)
     if senders is not None:
         senders += sender_outputs(model, task.clean).blocks
     return captured_receiver_grads(model, task, met, input_value)
@@ -103,17 +105,20 @@ def _step_grads(model: Any, task: Any, met: Metric, xs: list[torch.Tensor], tota
     B, c = task.clean.shape[0], len(xs)
 
     def loss(lg: torch.Tensor) -> torch.Tensor:
-        return sum(met(lg[j * B : (j + 1) * B]).sum() for j in range(c))  # type: ignore[return-value]
+        # unbind, not slices: a slice's backward writes a zero tensor of the whole stacked
+        # logits, per copy; unbind's stacks the copies' gradients once
+        parts = lg.view(c, B, *lg.shape[1:]).unbind(0)
+        return sum(met(p).sum() for p in parts)  # type: ignore[return-value]
 
     tokens = task.clean.repeat(c, 1) if c > 1 else task.clean
     x = torch.cat(xs) if c > 1 else xs[0]
-    fast_receiver_grads(model, tokens, loss, x, copies=c, into=total)
+    fast_receiver_grads(model, tokens, loss, x, copies=c, into=total, factored=True)
 
 
 def _clean_pass(model: Any, task: Any, met: Metric, ablation: str, positions: Any):
     """The receiver gradients at the clean run, and the references built from its senders."""
     blocks: list[torch.Tensor] = []
-    grads = receiver_grads(model, task, met, senders=blocks)
+    grads = receiver_grads(model, task, met, senders=blocks, factored=True)
     clean = SenderOutputs(task.clean, blocks)
     return grads, references(model, task, ablation, positions, clean=clean)
 
@@ -148,11 +153,12 @@ def captured_receiver_grads(
     return {k: v.detach() for k, v in out.items()}
 
 
-def _contract(refs: References, grads: dict[str, torch.Tensor], shape: Any) -> dict:
-    """Per mask group: ``deltas[:n_senders] @ grads.T`` (float64)."""
-    d = refs.deltas()
+def _contract(refs: References, grads: dict[str, Any], shape: Any) -> dict:
+    """Per mask group: ``deltas[:n_senders] @ grads.T`` (float64), streamed by
+    :func:`~circuitsteer.discovery._grads.contract`."""
     groups = index_mask(shape).groups
-    return {k: (d[: groups[k].senders] @ g.to(d.dtype).T).double() for k, g in grads.items()}
+    senders = {k: groups[k].senders for k in grads}
+    return contract(refs.ablated.blocks, refs.clean.blocks, grads, senders, shape.d_model)
 
 
 def _input(refs: References, task: Any, ablated: bool = False) -> torch.Tensor:
