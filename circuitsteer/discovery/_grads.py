@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from circuitsteer.discovery._senders import sender_hooks, write_deltas
 from circuitsteer.nodes import CHANNELS
 
 
@@ -40,7 +41,7 @@ def fast_receiver_grads(
     tokens: torch.Tensor,
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
     input_value: torch.Tensor | None = None,
-    senders: list[torch.Tensor] | None = None,
+    senders: list[Any] | None = None,
     copies: int = 1,
     into: dict[str, Any] | None = None,
     factored: bool = False,
@@ -48,9 +49,10 @@ def fast_receiver_grads(
     """Like :func:`circuitsteer.discovery.eap.receiver_grads`: per mask group, the gradient of
     ``loss_fn(logits)`` (a scalar) at every receiver's input, ``[n_receivers, B*P*d]``.
     ``input_value``: the residual entering block 0 (else the model's own embedding).
-    ``senders``: a list that receives this forward's sender outputs, in
-    :func:`~circuitsteer.engine.masks.sender_outputs`'s layout (``input``, each layer's heads
-    ``z_h W_O_h``, its MLP), so a clean pass need not be recorded again. ``copies``: the batch
+    ``senders``: a list that receives this forward's sender outputs in the mask's sender order
+    (:func:`~circuitsteer.discovery._senders.sender_hooks`: ``input``, each layer's heads as a
+    factored :class:`~circuitsteer.discovery._senders.HeadBlock`, its MLP), so a clean pass
+    need not be recorded again. ``copies``: the batch
     is that many stacked copies of ``B`` rows (EAP-IG's steps); the gradients are summed over
     them. ``into``: add the gradients into these (and return them). ``factored``: leave each
     layer's head gradients as a :class:`HeadGrads` (summing passes is cheaper before
@@ -68,16 +70,6 @@ def fast_receiver_grads(
             senders.append(x.reshape(1, -1))
         x = x.requires_grad_(True)  # the leaf every gradient flows back to
         return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
-
-    def head_outputs(module, args):
-        z = args[0].detach()
-        w_o = arch.out_rows(module, slice(0, s.n_heads * s.d_head)).detach()
-        zh = z.reshape(-1, s.n_heads, s.d_head).transpose(0, 1)  # [H, B*P, dh]
-        out = torch.bmm(zh, w_o.reshape(s.n_heads, s.d_head, -1))
-        senders.append(out.reshape(s.n_heads, -1))  # type: ignore[union-attr]
-
-    def mlp_output(module, args, out):
-        senders.append(out.detach().reshape(1, -1))  # type: ignore[union-attr]
 
     def keep_norm_in(L):
         def hook(module, args):
@@ -108,10 +100,8 @@ def fast_receiver_grads(
                 handles.append(mod(role, L).register_forward_hook(keep_out(L, role)))
             if s.d_mlp > 0:
                 handles.append(mod("ln2", L).register_forward_pre_hook(private(f"m{L}")))
-            if senders is not None:
-                handles.append(mod("attn_out", L).register_forward_pre_hook(head_outputs))
-                if s.d_mlp > 0:
-                    handles.append(mod("mlp", L).register_forward_hook(mlp_output))
+        if senders is not None:
+            handles += sender_hooks(model, senders)
         handles.append(mod("final_norm").register_forward_pre_hook(private("logits")))
         with torch.enable_grad():
             logits = model(tokens)
@@ -135,13 +125,13 @@ def fast_receiver_grads(
 
     for L in range(s.n_layers):
         key, norm = f"a{L}", mod("ln1", L)
-        G, V, W = _head_factors(model, g, proj_out, L, norm)
+        G, Q, shift, W = _head_factors(model, g, proj_out, L, norm)
         x = norm_in[L].detach()
         x = x.reshape(-1, x.shape[-1])
         acc = out.get(key)
         if acc is None:
             acc = out[key] = HeadGrads()
-        if norm_vjp(norm, x, G, W, copies, acc, V) is None:
+        if norm_vjp(norm, x, G, W, copies, acc, Q, shift) is None:
             # an unknown norm: autograd over R stacked copies of its input
             u = torch.bmm(G, W)
             xr = x.unsqueeze(0).expand(len(W), *x.shape).contiguous().requires_grad_(True)
@@ -160,15 +150,15 @@ def fast_receiver_grads(
 
 def _head_factors(
     model: Any, g: dict, proj_out: dict, L: int, norm: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """Layer ``L``'s head receivers in the mask's column order (channel-major: q heads, k
-    heads, v heads): ``G`` ``dL/d(their projection columns)`` ``[R, N, dh]``, ``V`` those
-    columns' values less the projection of the norm's shift (``(gain * xh) @ W_r.T``, what
-    the norm VJP needs) ``[R, N, dh]``, both transposed views of ``[N, R, dh]`` tensors, and
-    ``W`` their weights ``[R, dh, d]``."""
+    heads, v heads): ``G`` ``dL/d(their projection columns)`` ``[R, N, dh]`` and ``Q`` those
+    columns' values (transposed views of ``[N, R, dh]`` tensors), ``shift`` the projection of
+    the norm's shift (bias included, ``[R, dh]``: ``Q - shift = (gain * xh) @ W_r.T``, what
+    the norm VJP needs), ``W`` their weights ``[R, dh, d]``."""
     arch, s = model.arch, model.shape
     dh = s.d_head
-    gs, vs, ws = [], [], []
+    gs, qs, shifts, ws = [], [], [], []
     for role, idx in _columns(arch, s):
         m = model.module(arch.path(role, L))
         gr, qr = g[(L, role)], proj_out[(L, role)].detach()
@@ -179,12 +169,13 @@ def _head_factors(
         zero = torch.zeros(s.d_model, dtype=qr.dtype, device=qr.device)
         shift = arch.project(m, idx, (zero if beta is None else beta.detach())[None])
         gs.append(gr)
-        vs.append(qr - shift.to(qr.dtype))
+        qs.append(qr)
+        shifts.append(shift.detach().to(qr.dtype).view(-1, dh))
         ws.append(arch.in_cols(m, idx).detach().T.reshape(-1, dh, s.d_model))
-    cat = (lambda t: t[0]) if len(gs) == 1 else (lambda t: torch.cat(t, dim=-1))  # noqa: E731
+    cat = lambda t, dim=-1: t[0] if len(t) == 1 else torch.cat(t, dim=dim)  # noqa: E731
     G = cat(gs).view(len(gs[0]), -1, dh).transpose(0, 1)
-    V = cat(vs).view(len(vs[0]), -1, dh).transpose(0, 1)
-    return G, V, torch.cat(ws) if len(ws) > 1 else ws[0]
+    Q = cat(qs).view(len(qs[0]), -1, dh).transpose(0, 1)
+    return G, Q, cat(shifts, 0), cat(ws, 0)
 
 
 def _columns(arch: Any, s: Any) -> list[tuple[str, torch.Tensor]]:
@@ -209,7 +200,7 @@ def _columns(arch: Any, s: Any) -> list[tuple[str, torch.Tensor]]:
 class HeadGrads:
     """One layer's head receivers' input gradients ``[R, n, d]``, summed over passes and kept
     factored until read: ``lin @ B - sum_k c_k * xh_k (+ rest)``. The norm VJP's part that is
-    linear in the cotangents (``lin``, ``[R, n, dh]``) is summed over passes before its one
+    linear in the cotangents (``lin``, ``[n, R, dh]``) is summed over passes before its one
     batched product; each pass adds its ``(c [R, n], xh [n, d])`` term. :meth:`block` builds
     the dense gradient of a few positions at a time (what :func:`contract` streams through
     the cache), so the ``[R, n, d]`` tensor (24x the residual stream on the zoo model) is
@@ -217,7 +208,7 @@ class HeadGrads:
     autograd VJP).
 
     >>> h = HeadGrads(torch.ones(2, 3, 4))
-    >>> h.add_lin(torch.ones(2, 5, 3)); h.add_lin(torch.ones(2, 5, 3))
+    >>> h.add_lin(torch.ones(5, 2, 3)); h.add_lin(torch.ones(5, 2, 3))
     >>> h.add_term(torch.ones(2, 5), torch.ones(5, 4))
     >>> h.flat().shape, float(h.dense()[0, 0, 0])
     (torch.Size([2, 20]), 5.0)
@@ -225,7 +216,7 @@ class HeadGrads:
 
     def __init__(self, B: torch.Tensor | None = None) -> None:
         self.B = B  # [R, k, d], set by the first norm_vjp
-        self.lin: torch.Tensor | None = None  # [R, n, k]
+        self.lin: torch.Tensor | None = None  # [n, R, k] (token-major, as computed)
         self.terms: list[tuple[torch.Tensor, torch.Tensor]] = []  # (c [R, n], xh [n, d])
         self.rest: torch.Tensor | None = None  # [R, n, d]
 
@@ -245,7 +236,8 @@ class HeadGrads:
     def block(self, i: int, j: int) -> torch.Tensor:
         """The summed gradients of positions ``i:j``, ``[R, j - i, d]`` (a new tensor)."""
         if self.lin is not None:
-            out = torch.bmm(self.lin[:, i:j], self.B.to(self.lin.dtype))  # type: ignore[union-attr]
+            lin = self.lin[i:j].transpose(0, 1)
+            out = torch.bmm(lin, self.B.to(lin.dtype))  # type: ignore[union-attr]
             if self.rest is not None:
                 out += self.rest[:, i:j]
         else:
@@ -255,9 +247,13 @@ class HeadGrads:
             out.addcmul_(c[:, i:j].unsqueeze(-1), xh[i:j].unsqueeze(0), value=-1.0)
         return out
 
+    @property
+    def receivers(self) -> int:
+        return len(self.B) if self.B is not None else len(self.rest)  # type: ignore[arg-type]
+
     def dense(self) -> torch.Tensor:
         """The summed gradients ``[R, n, d]``."""
-        n = self.lin.shape[1] if self.lin is not None else self.rest.shape[1]  # type: ignore
+        n = self.lin.shape[0] if self.lin is not None else self.rest.shape[1]  # type: ignore
         return self.block(0, n)
 
     def flat(self) -> torch.Tensor:
@@ -271,45 +267,42 @@ CHUNK_BYTES = 1 << 21  # contract's working set per chunk of positions (about th
 
 @torch.no_grad()
 def contract(
-    ablated: list[torch.Tensor],
-    clean: list[torch.Tensor],
+    ablated: list[Any],
+    clean: list[Any],
     grads: dict[str, Any],
     senders: dict[str, int],
     d: int,
 ) -> dict[str, torch.Tensor]:
     """Per mask group ``k``: ``(ablated - clean)[:senders[k]] @ grads[k].T``, float64
-    ``[senders, receivers]``. ``ablated``/``clean``: sender blocks ``[rows, N*d]`` in the mask's
-    sender order (:class:`~circuitsteer.engine.masks.SenderOutputs`); ``grads[k]``: ``[R,
-    N*d]`` or a :class:`HeadGrads`. Streams over chunks of positions, so neither the deltas
-    ``[senders, N*d]`` nor a head layer's dense gradients are ever built whole (both are
-    memory-bound and, at tens of MB, mostly page faults when allocated fresh); float32
-    products per chunk, summed in float64.
+    ``[senders, receivers]``. ``ablated``/``clean``: sender blocks in the mask's sender order,
+    dense ``[rows, N*d]`` or factored heads (:mod:`circuitsteer.discovery._senders`);
+    ``grads[k]``: ``[R, N*d]`` or a :class:`HeadGrads`. Streams over chunks of positions, so
+    neither the deltas ``[senders, N*d]`` nor a head layer's dense gradients are ever built
+    whole (both are memory-bound, and tens of MB allocated fresh are mostly page faults);
+    float32 products accumulated per chunk.
 
     >>> a, c = [torch.ones(1, 8), torch.ones(2, 8)], [torch.zeros(1, 8), torch.zeros(2, 8)]
     >>> contract(a, c, {"x": torch.ones(1, 8)}, {"x": 3}, d=2)["x"].flatten().tolist()
     [8.0, 8.0, 8.0]
     """
     top = max(senders[k] for k in grads)
-    rows = [b.shape[0] for b in clean]
-    N = clean[0].shape[1] // d
+    first = clean[0]
+    N = first.shape[1] // d
     step = max(16, CHUNK_BYTES // (4 * d * top))
-    buf = torch.empty(top, min(step, N) * d, dtype=clean[0].dtype, device=clean[0].device)
-    out: dict[str, torch.Tensor] = {}
+    buf = torch.empty(top, min(step, N) * d, dtype=first.dtype, device=first.device)
+    acc = {
+        k: torch.zeros(senders[k], g.receivers if isinstance(g, HeadGrads) else g.shape[0],
+                       dtype=first.dtype, device=first.device)
+        for k, g in grads.items()
+    }  # fmt: skip
     for i in range(0, N, step):
         j = min(N, i + step)
         cols, w = slice(i * d, j * d), (j - i) * d
-        r = 0
-        for a, c, m in zip(ablated, clean, rows, strict=True):
-            if r >= top:
-                break
-            m = min(m, top - r)
-            torch.sub(a[:m, cols], c[:m, cols], out=buf[r : r + m, :w])
-            r += m
+        write_deltas(ablated, clean, i, j, d, buf, top)
         for key, g in grads.items():
             gk = g.block(i, j).flatten(1) if isinstance(g, HeadGrads) else g[:, cols]
-            part = (buf[: senders[key], :w] @ gk.to(buf.dtype).T).double()
-            out[key] = part if key not in out else out[key].add_(part)
-    return out
+            acc[key].addmm_(buf[: senders[key], :w], gk.to(buf.dtype).T)
+    return {k: v.double() for k, v in acc.items()}
 
 
 def _norm_kind(norm: Any) -> tuple[str, float, torch.Tensor | None, torch.Tensor | None] | None:
@@ -340,6 +333,7 @@ def norm_vjp(
     copies: int = 1,
     out: torch.Tensor | HeadGrads | None = None,
     V: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
 ) -> torch.Tensor | HeadGrads | None:
     """``d/dx`` of ``sum_r G[r] . (norm(x) @ W[r].T)`` for each receiver ``r``, ``[R, N, d]``:
     the norm's vector-Jacobian product at ``x`` (``[N, d]``) of the cotangents ``G[r] @ W[r]``
@@ -347,8 +341,9 @@ def norm_vjp(
     ``copies``: ``x``'s rows are that many stacked copies of ``N / copies`` rows, and the result
     is summed over them (``[R, N / copies, d]``). ``out``: a tensor to add the result into in
     place, or a :class:`HeadGrads` to accumulate it into (returned, still factored). ``V``:
-    ``(gain * xh) @ W[r].T`` (``[R, N, dh]``) if the caller has it (the projection's outputs
-    less their shift), else one product computes it.
+    ``(gain * xh) @ W[r].T + shift[r]`` (``[R, N, dh]``) if the caller has it (the projection's
+    outputs; ``shift`` ``[R, dh]`` their part from the norm's bias and the projection's),
+    else one product computes it.
 
     LayerNorm, ``xh = (x - mean) * rstd``, ``g = gain * u``: ``dx = rstd * (g - mean(g) - xh *
     mean(g * xh))`` (RMSNorm: no ``mean(g)`` term, ``xh = x * rstd``). ``rstd`` is folded into
@@ -373,13 +368,22 @@ def norm_vjp(
     gw = W if gain is None else W * gain.detach().to(W.dtype)  # [R, dh, d]
     if V is None:
         V = (xh @ gw.permute(2, 0, 1).reshape(d, R * dh)).view(N, R, dh).transpose(0, 1)
-    Gs = G.transpose(0, 1) * rstd.to(G.dtype).unsqueeze(-1)  # [N, R, dh] (G's layout)
-    c = (Gs * V.transpose(0, 1)).sum(-1).T / d  # [R, N]: mean(g * xh), rstd included
-    Gsum = Gs.reshape(copies, n, R, dh).sum(0) if copies > 1 else Gs
+    Gn, r = G.transpose(0, 1), rstd.to(G.dtype)  # [N, R, dh] (a view of G's own rows)
+    # c[i, r] = rstd * mean over d of (g * xh) = rstd * G[r] . (V[r] - shift[r]) / d
+    gv = torch.einsum("nrj,nrj->nr", Gn, V.transpose(0, 1))  # [N, R] (2x a mul + sum here)
+    if shift is not None:  # G[r] . shift[r] for every r: one product with a block diagonal
+        gv.addmm_(Gn.reshape(N, R * dh), torch.block_diag(*shift.unsqueeze(-1)), alpha=-1)
+    c = (gv * r).div_(d).T  # [R, N]
+    # the linear part's factor rstd * G, summed over copies without a [N, R, dh] temporary
+    rows = Gn.reshape(copies, n, R, dh)
+    rs = r.view(copies, n, 1, 1)
+    lin = rows[0] * rs[0]
+    for j in range(1, copies):
+        lin.addcmul_(rows[j], rs[j])
     acc = out if isinstance(out, HeadGrads) else HeadGrads()
     if acc.B is None:  # the mean(g) term folded in: mean over d of G @ gw is G @ mean(gw)
         acc.B = gw - gw.mean(-1, keepdim=True) if name == "layer" else gw
-    acc.add_lin(Gsum.transpose(0, 1))
+    acc.add_lin(lin)
     for j in range(copies):
         acc.add_term(c[:, j * n : (j + 1) * n], xh[j * n : (j + 1) * n])
     if isinstance(out, HeadGrads):

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,7 +43,6 @@ from circuitsteer import engine
 from circuitsteer.discovery._common import (
     DiscoveryError,
     EdgeScores,
-    References,
     check_ablation,
     check_model,
     check_task,
@@ -52,7 +52,8 @@ from circuitsteer.discovery._common import (
 )
 from circuitsteer.discovery._grads import contract, fast_receiver_grads, supported
 from circuitsteer.discovery._metric import Metric, make_metric
-from circuitsteer.engine.masks import EdgeMask, SenderOutputs, run_with_mask, sender_outputs
+from circuitsteer.discovery._senders import ablated_blocks, record_senders
+from circuitsteer.engine.masks import EdgeMask, run_with_mask
 from circuitsteer.interventions import Patch, Site
 from circuitsteer.nodes import CHANNELS, head, mlp
 
@@ -84,7 +85,7 @@ def receiver_grads(
         loss = lambda lg: met(lg).sum()  # noqa: E731
         return fast_receiver_grads(model, task.clean, loss, input_value, senders, factored=factored)
     if senders is not None:
-        senders += sender_outputs(model, task.clean).blocks
+        senders += record_senders(model, task.clean)
     return captured_receiver_grads(model, task, met, input_value)
 
 
@@ -115,12 +116,20 @@ def _step_grads(model: Any, task: Any, met: Metric, xs: list[torch.Tensor], tota
     fast_receiver_grads(model, tokens, loss, x, copies=c, into=total, factored=True)
 
 
+@dataclass
+class _Refs:
+    """Clean and ablated sender blocks (heads factored, :mod:`._senders`)."""
+
+    clean: list[Any]
+    ablated: list[Any]
+
+
 def _clean_pass(model: Any, task: Any, met: Metric, ablation: str, positions: Any):
-    """The receiver gradients at the clean run, and the references built from its senders."""
-    blocks: list[torch.Tensor] = []
+    """The receiver gradients at the clean run, and the sender blocks from its forward with
+    their ablated values."""
+    blocks: list[Any] = []
     grads = receiver_grads(model, task, met, senders=blocks, factored=True)
-    clean = SenderOutputs(task.clean, blocks)
-    return grads, references(model, task, ablation, positions, clean=clean)
+    return grads, _Refs(blocks, ablated_blocks(model, task, ablation, positions, blocks))
 
 
 def captured_receiver_grads(
@@ -153,18 +162,18 @@ def captured_receiver_grads(
     return {k: v.detach() for k, v in out.items()}
 
 
-def _contract(refs: References, grads: dict[str, Any], shape: Any) -> dict:
+def _contract(refs: _Refs, grads: dict[str, Any], shape: Any) -> dict:
     """Per mask group: ``deltas[:n_senders] @ grads.T`` (float64), streamed by
     :func:`~circuitsteer.discovery._grads.contract`."""
     groups = index_mask(shape).groups
     senders = {k: groups[k].senders for k in grads}
-    return contract(refs.ablated.blocks, refs.clean.blocks, grads, senders, shape.d_model)
+    return contract(refs.ablated, refs.clean, grads, senders, shape.d_model)
 
 
-def _input(refs: References, task: Any, ablated: bool = False) -> torch.Tensor:
+def _input(refs: _Refs, task: Any, ablated: bool = False) -> torch.Tensor:
     """The clean (or ablated) input embedding ``[B, P, d]``: the first sender's block."""
     B, P = task.clean.shape
-    return (refs.ablated if ablated else refs.clean).blocks[0].view(B, P, -1)
+    return (refs.ablated if ablated else refs.clean)[0].view(B, P, -1)
 
 
 def _setup(model: Any, task: Any, metric: Any, ablation: str):

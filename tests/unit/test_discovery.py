@@ -86,10 +86,15 @@ def test_full_graph_is_clean_and_empty_graph_is_the_ablated_baseline(model, task
 # -- EAP -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
-def test_eap_is_the_mask_gradient(model, task, ablation):
-    got = dc.eap(model, task, ablation=ablation).frame["score"]
-    want = mask_grad(model, task, ablation=ablation).frame["score"]
+@pytest.mark.parametrize(
+    "ablation,positions",
+    [("resample", "all"), ("mean", "all"), ("zero", "all"), ("resample", "END"), ("mean", "END")],
+)
+def test_eap_is_the_mask_gradient(model, task, ablation, positions):
+    """Also checks EAP's factored sender outputs (heads as z @ W_O, ablated per position)
+    against the engine's dense references."""
+    got = dc.eap(model, task, ablation=ablation, positions=positions).frame["score"]
+    want = mask_grad(model, task, ablation=ablation, positions=positions).frame["score"]
     assert want.abs().max() > 0.1  # effects are large enough to mean something
     assert (got - want).abs().max() < 1e-5
 
