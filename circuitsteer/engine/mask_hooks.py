@@ -6,8 +6,15 @@ grouped-query attention the heads whose k/v can change get their attention recom
 Without autograd only *active* receivers are computed: a receiver whose mask column is all zero
 reads its input unchanged, so its group skips it (a group with no active receiver installs no
 change at all, and a forward whose lower layers are all inactive is the plain forward there),
-and receivers of a layer whose columns are equal (ACDC: every incoming edge ablated) share one
-computed, normalized input, projected through their weights in one product.
+and receivers of a layer whose columns are equal share one computed, normalized input,
+projected through their weights in one product (the projection replaces the module's output
+columns). A receiver whose every incoming edge is patched (a column of ones: most of ACDC's
+receivers above the one under test) reads the reference's ablated input ``R``
+(:mod:`circuitsteer.engine.mask_ablated`): its q/k/v columns (or the MLP's, the logits' input)
+come from the cache, computed once per prefix. In the first changed layer (a resumed forward's
+start) every input is the clean forward's, so each distinct column's normalized input and each
+receiver's projection are computed on their own and cached by column: between ACDC's tests
+only the column under test is new. The heads' deltas are written by one ``baddbmm``.
 A forward may also *resume* at a layer (:class:`Resume`): the residual entering that block and
 the delta rows of the senders below it come from a recording of the same forward
 (:func:`circuitsteer.engine.masks.mask_prefix`), the blocks below are not run."""
@@ -20,11 +27,38 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuitsteer import edge_graph as eg
+from circuitsteer.engine.mask_ablated import AblatedCache, ablated_input
 from circuitsteer.engine.mask_autograd import MaskedSum, SenderGrads
 from circuitsteer.nodes import CHANNELS
 
 if TYPE_CHECKING:
     from circuitsteer.engine.masks import EdgeMask
+
+
+def first_changed_layer(mask: EdgeMask) -> int:
+    """The first layer with a nonzero mask column (``n_layers``: only the logits): below it a
+    masked forward is the plain one (a resumed forward starts there)."""
+    for key, t in mask.tensors.items():  # receiver groups in forward order
+        if bool(t.any()):
+            return mask.shape.n_layers if key == "logits" else int(key[1:])
+    return mask.shape.n_layers
+
+
+@dataclass
+class _Plan:
+    """One layer's active head receivers in a no-grad forward. ``x``: the receivers (ascending
+    column indices) that read ``x + u.T @ deltas``, the distinct column each reads and the stack
+    of those inputs, normalized (projected in place of the module's output); ``ones``: the
+    receivers whose every edge is patched (they read ``R``: the module's output on ``normed``,
+    the norm of ``R``, kept in the cache)."""
+
+    x: tuple[torch.Tensor, torch.Tensor, Any] | None = None
+    ones: torch.Tensor | None = None
+    normed: torch.Tensor | None = None
+    # the first changed layer: its inputs are the clean forward's (x and the deltas below), so
+    # each distinct column's normalized input and each receiver's projection are computed on
+    # their own and kept in the cache, keyed by the column, for the next forward
+    first: bool = False
 
 
 @dataclass
@@ -42,6 +76,11 @@ class Resume:
     partial: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
 
 
+def _key(u: torch.Tensor) -> bytes:
+    """A mask column as a cache key (its values' bytes)."""
+    return u.detach().cpu().numpy().tobytes()
+
+
 class MaskHooks:
     """Hooks for one masked forward (``mask`` given) or one recording of sender outputs."""
 
@@ -51,18 +90,24 @@ class MaskHooks:
         mask: EdgeMask | None,
         ref: list[torch.Tensor] | None,
         resume: Resume | None = None,
+        cache: AblatedCache | None = None,
     ) -> None:
         self.model, self.arch, self.mask, self.ref = model, model.arch, mask, ref
+        # the ablated inputs (mask_ablated): a prefix's, kept across forwards, or this one's
+        self.cache = cache if cache is not None else AblatedCache()
+        self.plan: dict[int, _Plan | None] = {}
         self.blocks: list[torch.Tensor] = []  # recorded sender outputs, [n, B*P*d] each
         self.outs: list[torch.Tensor] = []  # sender outputs of a masked forward (for autograd)
         self.handles: list[Any] = []
         self.diff: dict[int, torch.Tensor | None] = {}
-        self.active: dict[int, torch.Tensor | None] = {}  # no grad: the a{L} columns computed
-        self.inverse: dict[int, torch.Tensor] = {}  # no grad: each active column's distinct one
         self.buf: torch.Tensor | None = None
         self.filled = 0
         self.n_blocks = 0  # sender blocks written (the reference block the next one reads)
         self.resume = resume
+        # the first changed layer (a resumed forward's start): its receivers' inputs are clean
+        self.first = -1 if mask is None else first_changed_layer(mask)
+        if resume is not None:
+            self.first = resume.layer
         per_layer = model.shape.n_heads + int(eg.has_mlps(model.shape))
         self.cuts = [1 + L * per_layer for L in range(1, model.shape.n_layers + 1)]
         self.claimed = 0  # sender rows whose gradient a group already hands back
@@ -106,8 +151,7 @@ class MaskHooks:
         self.handles.append(mod.register_forward_pre_hook(fn, with_kwargs=kw))
 
     def _reset(self) -> None:
-        self.blocks, self.outs, self.diff, self.active, self.buf = [], [], {}, {}, None
-        self.inverse = {}
+        self.blocks, self.outs, self.diff, self.buf, self.plan = [], [], {}, None, {}
         self.filled = self.n_blocks = 0
         self.claimed, self.sgrads = 0, SenderGrads()
         self.attn_kw, self.proj, self.kv_delta = {}, {}, {}
@@ -155,6 +199,16 @@ class MaskHooks:
         if torch.is_grad_enabled():
             self.outs.append(out)
 
+    def _heads_delta(self, zh: torch.Tensor, w_o: torch.Tensor) -> None:
+        """No grad: the heads' deltas ``ref - z_h @ W_O[h]`` written into the buffer by one
+        ``baddbmm`` (no head outputs allocated, no separate subtraction pass)."""
+        assert self.buf is not None
+        H, a = zh.shape[0], self.filled
+        self.filled = a + H
+        ref = self.ref[self.n_blocks].view(H, zh.shape[1], -1)  # type: ignore[index]
+        torch.baddbmm(ref, zh, w_o, alpha=-1, out=self.buf[a : self.filled].view_as(ref))
+        self.n_blocks += 1
+
     def _input(self, module, args, kwargs):
         self._reset()
         x = args[0] if args else kwargs["hidden_states"]
@@ -176,7 +230,10 @@ class MaskHooks:
                 z = self._gqa_heads(L, z)
             B, P = z.shape[:2]
             zh = z.reshape(B * P, s.n_heads, s.d_head).transpose(0, 1)  # [H, BP, dh]
-            self._sender(torch.bmm(zh, w_o).reshape(s.n_heads, -1))
+            if self.ref is not None and not torch.is_grad_enabled():
+                self._heads_delta(zh, w_o)
+            else:
+                self._sender(torch.bmm(zh, w_o).reshape(s.n_heads, -1))
             return None if z is z_in else (z, *args[1:])
 
         return hook
@@ -276,22 +333,43 @@ class MaskHooks:
                 self.diff[L] = (
                     ln.forward(x.unsqueeze(0) + D) - ln.forward(x).unsqueeze(0)
                 ).flatten(1, -2)
-                self.active[L] = None
                 return
-            self.diff[L] = self.active[L] = None
+            self.plan[L] = None
             assert self.mask is not None and self.buf is not None
             m = self.mask.tensors[f"a{L}"]
-            act = (m != 0).any(0).nonzero().flatten()
-            if act.numel() == 0:  # no receiver of this layer reads a change
+            nz = m != 0
+            if not bool(nz.any()):  # no receiver of this layer reads a change
                 return
-            # receivers with equal columns read equal inputs (ACDC: every edge ablated is a
-            # column of ones): x + u.T @ deltas once per distinct column u, normalized
-            uniq, inv = torch.unique(m[:, act], dim=1, return_inverse=True)
-            y = torch.addmm(x.reshape(1, -1), uniq.T.to(self.buf.dtype), self.buf[: m.shape[0]])
-            y = ln.forward(y.view(uniq.shape[1], *x.shape))
-            self.diff[L] = y.sub_(ln.forward(x)).flatten(1, -2)  # [U, BP, d]
-            self.active[L] = act
-            self.inverse[L] = inv
+            n, buf = m.shape[0], self.buf
+            ones = (m == 1).all(0)  # every edge patched: R, the same in every forward
+            plan = _Plan(ones=ones.nonzero().flatten())
+            xi = (nz.any(0) & ~ones).nonzero().flatten()
+            if xi.numel():
+                # receivers with equal columns read equal inputs: x + u.T @ deltas once per
+                # distinct column u, normalized
+                uniq, inv = torch.unique(m[:, xi], dim=1, return_inverse=True)
+                mt = uniq.T.to(buf.dtype)
+                if L == self.first:  # clean inputs: one column at a time, cached by column
+                    plan.first = True
+
+                    def normed(i: int) -> torch.Tensor:
+                        y = torch.addmm(x.reshape(1, -1), mt[i : i + 1], buf[:n])
+                        return ln.forward(y.view_as(x)).flatten(0, -2)
+
+                    keys = [("in", L, _key(u)) for u in mt]
+                    stack: Any = [
+                        self.cache.get(k, lambda i=i: normed(i), sweep=True)
+                        for i, k in enumerate(keys)
+                    ]
+                    plan.x = (xi, inv, (stack, keys))
+                else:
+                    y = torch.addmm(x.reshape(1, -1), mt, buf[:n])
+                    stack = ln.forward(y.view(uniq.shape[1], *x.shape)).flatten(1, -2)
+                    plan.x = (xi, inv, (stack, None))
+            if plan.ones.numel():
+                R = self._ablated(f"a{L}", n)
+                plan.normed = self.cache.get(("ln1", L), lambda: ln.forward(R.view_as(x)))
+            self.plan[L] = plan
 
         return hook
 
@@ -317,27 +395,12 @@ class MaskHooks:
         )
 
         def hook(module, args, out):
+            if not torch.is_grad_enabled() and not self.gqa:
+                return self._qkv_active(L, module, out, r0, R, cols, span)
             diff = self.diff[L]
-            if diff is None:  # no grad, no active receiver in this layer
-                return None
             idx = cols.to(out.device)
             W = self.arch.in_cols(module, idx if span is None else span)
             W = W.reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
-            act = self.active[L]
-            if act is not None:  # no grad: only the active receivers (ascending), in place
-                lo, hi = (int(i) for i in torch.searchsorted(act, torch.tensor([r0, r0 + R])))
-                if lo == hi:
-                    return None
-                local, inv = act[lo:hi] - r0, self.inverse[L][lo:hi]
-                cols2 = idx.view(R, dh)
-                d_in = W.shape[1]
-                for u in torch.unique(inv).tolist():  # one product per distinct input
-                    rs = local[inv == u]
-                    Wu = W.index_select(0, rs).permute(1, 0, 2).reshape(d_in, -1)  # [d, j*dh]
-                    contrib = diff[u] @ Wu  # [BP, j*dh]
-                    sel = cols2.index_select(0, rs.to(idx.device)).flatten()
-                    out.index_add_(-1, sel, contrib.view(*out.shape[:-1], -1))
-                return out
             contrib = torch.bmm(diff[r0 : r0 + R], W)  # [R, BP, dh]
             if self.gqa:
                 return self._gqa_qkv(L, channels, out, idx, contrib)
@@ -347,6 +410,60 @@ class MaskHooks:
             return out.index_add(-1, idx, contrib)
 
         return hook
+
+    def _qkv_active(
+        self, L: int, module: Any, out: torch.Tensor, r0: int, R: int, cols: torch.Tensor, span: Any
+    ) -> torch.Tensor | None:
+        """No grad: the q/k/v columns of this module's active receivers (``_Plan``), in place."""
+        plan = self.plan.get(L)
+        if plan is None:  # no active receiver in this layer
+            return None
+        idx = cols.to(out.device)
+        dh = self.model.shape.d_head
+        W = self.arch.in_cols(module, idx if span is None else span)
+        W = W.reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
+        cols2, d_in = idx.view(R, dh), W.shape[1]
+        bias = getattr(module, "bias", None)
+        lead = out.shape[:-1]
+
+        def local(act: torch.Tensor) -> torch.Tensor:  # this module's receivers among ``act``
+            lo, hi = (int(i) for i in torch.searchsorted(act, torch.tensor([r0, r0 + R])))
+            return torch.arange(lo, hi)
+
+        def groups(entry):  # (receivers, their output columns, their distinct input)
+            act, inv, (stack, keys) = entry
+            k = local(act)
+            rs_all, inv = act[k] - r0, inv[k]
+            for u in torch.unique(inv).tolist():  # one product per distinct input
+                rs = rs_all[inv == u]
+                if keys is not None:  # first changed layer: one receiver at a time, cached
+                    for r in rs.tolist():
+                        yield keys[u] + (r0 + r,), stack[u], W[r], cols2[r]
+                    continue
+                Wu = W.index_select(0, rs).permute(1, 0, 2).reshape(d_in, -1)  # [d, j*dh]
+                yield None, stack[u], Wu, cols2.index_select(0, rs.to(idx.device)).flatten()
+
+        if plan.ones is not None and plan.normed is not None:
+            k = local(plan.ones)
+            if k.numel():  # their columns of the module's output on the norm of R (cached)
+                normed = plan.normed
+                Q = self.cache.get(("qkv", L, r0), lambda: module.forward(normed))
+                take = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
+                take[cols2.index_select(0, (plan.ones[k] - r0).to(idx.device)).flatten()] = True
+                out = torch.where(take, Q, out)
+        if plan.x is not None:
+            for key, normed, Wu, sel in groups(plan.x):
+
+                def proj(normed=normed, Wu=Wu, sel=sel) -> torch.Tensor:
+                    return normed @ Wu if bias is None else torch.addmm(bias[sel], normed, Wu)
+
+                p = proj() if key is None else self.cache.get(("proj",) + key, proj, sweep=True)
+                out.index_copy_(-1, sel, p.view(*lead, -1))
+        return out
+
+    def _ablated(self, key: str, n: int) -> torch.Tensor:
+        """``R`` of receiver group ``key`` (``n`` senders): :func:`ablated_input`."""
+        return self.cache.get(("R", key), lambda: ablated_input(self.model, self.ref, n))
 
     def _gqa_qkv(
         self,
@@ -384,6 +501,8 @@ class MaskHooks:
         if not bool(m.any()):
             return None
         n, buf, r = m.shape[0], self.buf, self.resume
+        if bool((m == 1).all()):  # every edge patched: R, the same in every forward
+            return self._ablated(key, n).view_as(x)
         mt = m.T.to(buf.dtype)
         S, a = None, 0
         hit = None if r is None else r.partial.get((key, r.rows))

@@ -53,7 +53,8 @@ import torch
 
 from circuitsteer import edge_graph as eg
 from circuitsteer.engine.branch import skipping_blocks
-from circuitsteer.engine.mask_hooks import MaskHooks, Resume
+from circuitsteer.engine.mask_ablated import AblatedCache
+from circuitsteer.engine.mask_hooks import MaskHooks, Resume, first_changed_layer
 from circuitsteer.errors import InterventionError
 from circuitsteer.nodes import CHANNELS, head, mlp, parse_node
 
@@ -280,14 +281,12 @@ class MaskPrefix:
         self.n_layers = s.n_layers
         self.order = list(mask.tensors)  # receiver groups in forward order
         self.partial: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # every receiver group's ablated input, its norm and projections (mask_ablated)
+        self.ablated = AblatedCache()
 
     def start(self, mask: EdgeMask) -> int:
         """The first layer with a nonzero mask column (``n_layers``: only the logits)."""
-        for key in self.order:
-            t = mask.tensors[key]
-            if bool(t.any()):
-                return self.n_layers if key == "logits" else int(key[1:])
-        return self.n_layers
+        return first_changed_layer(mask)
 
     def resume(self, layer: int) -> Resume:
         """The start at ``layer``, its delta rows restored to the clean forward's."""
@@ -368,7 +367,8 @@ def run_with_mask(
     if prefix is not None and not grad:
         start = prefix.start(mask)
         resume = prefix.resume(start) if start > 0 else None
-    hooks = MaskHooks(model, mask, [b.to(model.device) for b in ref.blocks], resume)
+    cache = prefix.ablated if prefix is not None else None
+    hooks = MaskHooks(model, mask, [b.to(model.device) for b in ref.blocks], resume, cache)
     try:
         with torch.set_grad_enabled(grad):
             if resume is None:
@@ -377,3 +377,5 @@ def run_with_mask(
                 return model(tokens)
     finally:
         hooks.remove()
+        if cache is not None:
+            cache.sweep()
