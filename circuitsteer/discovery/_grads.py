@@ -219,6 +219,7 @@ class HeadGrads:
         self.lin: torch.Tensor | None = None  # [n, R, k] (token-major, as computed)
         self.terms: list[tuple[torch.Tensor, torch.Tensor]] = []  # (c [R, n], xh [n, d])
         self.rest: torch.Tensor | None = None  # [R, n, d]
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # for term_scores
 
     def add_lin(self, a: torch.Tensor) -> None:
         if self.lin is None:
@@ -229,12 +230,14 @@ class HeadGrads:
     def add_term(self, c: torch.Tensor, xh: torch.Tensor) -> None:
         """Subtract ``c[r, i] * xh[i]`` (``c`` ``[R, n]``, ``xh`` ``[n, d]``)."""
         self.terms.append((c, xh))
+        self._stacked = None
 
     def add_rest(self, t: torch.Tensor) -> None:
         self.rest = t.clone() if self.rest is None else self.rest.add_(t)
 
-    def block(self, i: int, j: int) -> torch.Tensor:
-        """The summed gradients of positions ``i:j``, ``[R, j - i, d]`` (a new tensor)."""
+    def block(self, i: int, j: int, terms: bool = True) -> torch.Tensor:
+        """The summed gradients of positions ``i:j``, ``[R, j - i, d]`` (a new tensor);
+        ``terms=False``: without the per-pass terms (:meth:`term_scores` contracts them)."""
         if self.lin is not None:
             lin = self.lin[i:j].transpose(0, 1)
             out = torch.bmm(lin, self.B.to(lin.dtype))  # type: ignore[union-attr]
@@ -243,9 +246,23 @@ class HeadGrads:
         else:
             assert self.rest is not None
             out = self.rest[:, i:j].clone()
-        for c, xh in self.terms:
+        for c, xh in self.terms if terms else ():
             out.addcmul_(c[:, i:j].unsqueeze(-1), xh[i:j].unsqueeze(0), value=-1.0)
         return out
+
+    def term_scores(self, delta: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """``sum_k sum_t c_k[r, t] (delta[s, t] . xh_k[t])`` over positions ``t`` in ``i:j``
+        (``delta`` ``[S, j - i, d]``), ``[S, R]``: the terms' part of ``delta . block(i, j)``
+        without their ``[R, j - i, d]`` outer products (for ``S`` senders below ``R``
+        receivers, or many passes, the dots with the K terms' ``xh`` are the smaller work)."""
+        if self._stacked is None:
+            xs = torch.stack([xh for _, xh in self.terms], dim=-1)  # [n, d, K]
+            cs = torch.stack([c.T for c, _ in self.terms], dim=1)  # [n, K, R]
+            self._stacked = (xs, cs)
+        xs, cs = self._stacked
+        e = torch.bmm(delta.transpose(0, 1), xs[i:j].to(delta.dtype))  # [t, S, K]
+        S, R = delta.shape[0], cs.shape[-1]
+        return e.transpose(0, 1).reshape(S, -1) @ cs[i:j].reshape(-1, R).to(delta.dtype)
 
     @property
     def receivers(self) -> int:
@@ -300,8 +317,13 @@ def contract(
         cols, w = slice(i * d, j * d), (j - i) * d
         write_deltas(ablated, clean, i, j, d, buf, top)
         for key, g in grads.items():
-            gk = g.block(i, j).flatten(1) if isinstance(g, HeadGrads) else g[:, cols]
-            acc[key].addmm_(buf[: senders[key], :w], gk.to(buf.dtype).T)
+            delta = buf[: senders[key], :w]
+            if not isinstance(g, HeadGrads):
+                acc[key].addmm_(delta, g[:, cols].to(buf.dtype).T)
+                continue
+            acc[key].addmm_(delta, g.block(i, j, terms=False).flatten(1).to(buf.dtype).T)
+            if g.terms:
+                acc[key].sub_(g.term_scores(delta.view(len(delta), j - i, d), i, j))
     return {k: v.double() for k, v in acc.items()}
 
 
