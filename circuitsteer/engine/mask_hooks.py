@@ -76,6 +76,28 @@ class Resume:
     partial: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
 
 
+CHUNK_ROWS = 512  # rows (batch x positions) of the distinct inputs computed at a time
+
+
+def _normed_inputs(
+    ln: Any, x: torch.Tensor, mt: torch.Tensor, deltas: torch.Tensor
+) -> torch.Tensor:
+    """``[U, B*P, d]``: ``norm(x + u.T @ deltas)`` for each row ``u`` of ``mt`` (``[U, n]``),
+    ``CHUNK_ROWS`` rows at a time so that the sums stay in cache until normalized (the stack
+    of sums is as large as U residual streams; writing it out and reading it back cost as much
+    as the product)."""
+    d = x.shape[-1]
+    xs = x.reshape(-1, d)
+    BP, U, n = xs.shape[0], mt.shape[0], deltas.shape[0]
+    D = deltas.view(n, BP, d)
+    out = torch.empty(U, BP, d, dtype=x.dtype, device=x.device)
+    for a in range(0, BP, CHUNK_ROWS):
+        b = min(BP, a + CHUNK_ROWS)
+        y = torch.addmm(xs[a:b].reshape(1, -1), mt, D[:, a:b].reshape(n, -1))
+        out[:, a:b] = ln.forward(y.view(U, b - a, d))
+    return out
+
+
 def _key(u: torch.Tensor) -> bytes:
     """A mask column as a cache key (its values' bytes)."""
     return u.detach().cpu().numpy().tobytes()
@@ -363,9 +385,7 @@ class MaskHooks:
                     ]
                     plan.x = (xi, inv, (stack, keys))
                 else:
-                    y = torch.addmm(x.reshape(1, -1), mt, buf[:n])
-                    stack = ln.forward(y.view(uniq.shape[1], *x.shape)).flatten(1, -2)
-                    plan.x = (xi, inv, (stack, None))
+                    plan.x = (xi, inv, (_normed_inputs(ln, x, mt, buf[:n]), None))
             if plan.ones.numel():
                 R = self._ablated(f"a{L}", n)
                 plan.normed = self.cache.get(("ln1", L), lambda: ln.forward(R.view_as(x)))
