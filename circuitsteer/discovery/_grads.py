@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from circuitsteer.discovery._senders import sender_hooks, write_deltas
+from circuitsteer.discovery._contract import HeadGrads
+from circuitsteer.discovery._senders import sender_hooks
 from circuitsteer.nodes import CHANNELS
 
 
@@ -68,7 +69,7 @@ def fast_receiver_grads(
         x = (_input_of(args, kwargs) if input_value is None else input_value).detach()
         if senders is not None:
             senders.append(x.reshape(1, -1))
-        x = x.requires_grad_(True)  # the leaf every gradient flows back to
+        x = x.detach().requires_grad_(True)  # the leaf every gradient flows back to
         return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
 
     def keep_norm_in(L):
@@ -195,136 +196,6 @@ def _columns(arch: Any, s: Any) -> list[tuple[str, torch.Tensor]]:
         else:
             runs.append((role, [sl]))
     return [(r, torch.cat([torch.arange(c.start, c.stop) for c in sls])) for r, sls in runs]
-
-
-class HeadGrads:
-    """One layer's head receivers' input gradients ``[R, n, d]``, summed over passes and kept
-    factored until read: ``lin @ B - sum_k c_k * xh_k (+ rest)``. The norm VJP's part that is
-    linear in the cotangents (``lin``, ``[n, R, dh]``) is summed over passes before its one
-    batched product; each pass adds its ``(c [R, n], xh [n, d])`` term. :meth:`block` builds
-    the dense gradient of a few positions at a time (what :func:`contract` streams through
-    the cache), so the ``[R, n, d]`` tensor (24x the residual stream on the zoo model) is
-    never allocated whole on the EAP paths. ``rest``: dense parts (an unknown norm's
-    autograd VJP).
-
-    >>> h = HeadGrads(torch.ones(2, 3, 4))
-    >>> h.add_lin(torch.ones(5, 2, 3)); h.add_lin(torch.ones(5, 2, 3))
-    >>> h.add_term(torch.ones(2, 5), torch.ones(5, 4))
-    >>> h.flat().shape, float(h.dense()[0, 0, 0])
-    (torch.Size([2, 20]), 5.0)
-    """
-
-    def __init__(self, B: torch.Tensor | None = None) -> None:
-        self.B = B  # [R, k, d], set by the first norm_vjp
-        self.lin: torch.Tensor | None = None  # [n, R, k] (token-major, as computed)
-        self.terms: list[tuple[torch.Tensor, torch.Tensor]] = []  # (c [R, n], xh [n, d])
-        self.rest: torch.Tensor | None = None  # [R, n, d]
-        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # for term_scores
-
-    def add_lin(self, a: torch.Tensor) -> None:
-        if self.lin is None:
-            self.lin = a.contiguous()
-        else:
-            self.lin.add_(a)
-
-    def add_term(self, c: torch.Tensor, xh: torch.Tensor) -> None:
-        """Subtract ``c[r, i] * xh[i]`` (``c`` ``[R, n]``, ``xh`` ``[n, d]``)."""
-        self.terms.append((c, xh))
-        self._stacked = None
-
-    def add_rest(self, t: torch.Tensor) -> None:
-        self.rest = t.clone() if self.rest is None else self.rest.add_(t)
-
-    def block(self, i: int, j: int, terms: bool = True) -> torch.Tensor:
-        """The summed gradients of positions ``i:j``, ``[R, j - i, d]`` (a new tensor);
-        ``terms=False``: without the per-pass terms (:meth:`term_scores` contracts them)."""
-        if self.lin is not None:
-            lin = self.lin[i:j].transpose(0, 1)
-            out = torch.bmm(lin, self.B.to(lin.dtype))  # type: ignore[union-attr]
-            if self.rest is not None:
-                out += self.rest[:, i:j]
-        else:
-            assert self.rest is not None
-            out = self.rest[:, i:j].clone()
-        for c, xh in self.terms if terms else ():
-            out.addcmul_(c[:, i:j].unsqueeze(-1), xh[i:j].unsqueeze(0), value=-1.0)
-        return out
-
-    def term_scores(self, delta: torch.Tensor, i: int, j: int) -> torch.Tensor:
-        """``sum_k sum_t c_k[r, t] (delta[s, t] . xh_k[t])`` over positions ``t`` in ``i:j``
-        (``delta`` ``[S, j - i, d]``), ``[S, R]``: the terms' part of ``delta . block(i, j)``
-        without their ``[R, j - i, d]`` outer products (for ``S`` senders below ``R``
-        receivers, or many passes, the dots with the K terms' ``xh`` are the smaller work)."""
-        if self._stacked is None:
-            xs = torch.stack([xh for _, xh in self.terms], dim=-1)  # [n, d, K]
-            cs = torch.stack([c.T for c, _ in self.terms], dim=1)  # [n, K, R]
-            self._stacked = (xs, cs)
-        xs, cs = self._stacked
-        e = torch.bmm(delta.transpose(0, 1), xs[i:j].to(delta.dtype))  # [t, S, K]
-        S, R = delta.shape[0], cs.shape[-1]
-        return e.transpose(0, 1).reshape(S, -1) @ cs[i:j].reshape(-1, R).to(delta.dtype)
-
-    @property
-    def receivers(self) -> int:
-        return len(self.B) if self.B is not None else len(self.rest)  # type: ignore[arg-type]
-
-    def dense(self) -> torch.Tensor:
-        """The summed gradients ``[R, n, d]``."""
-        n = self.lin.shape[0] if self.lin is not None else self.rest.shape[1]  # type: ignore
-        return self.block(0, n)
-
-    def flat(self) -> torch.Tensor:
-        """:meth:`dense` as ``[R, n*d]`` (the mask group's layout)."""
-        t = self.dense()
-        return t.reshape(t.shape[0], -1)
-
-
-CHUNK_BYTES = 1 << 21  # contract's working set per chunk of positions (about the L2 cache)
-
-
-@torch.no_grad()
-def contract(
-    ablated: list[Any],
-    clean: list[Any],
-    grads: dict[str, Any],
-    senders: dict[str, int],
-    d: int,
-) -> dict[str, torch.Tensor]:
-    """Per mask group ``k``: ``(ablated - clean)[:senders[k]] @ grads[k].T``, float64
-    ``[senders, receivers]``. ``ablated``/``clean``: sender blocks in the mask's sender order,
-    dense ``[rows, N*d]`` or factored heads (:mod:`circuitsteer.discovery._senders`);
-    ``grads[k]``: ``[R, N*d]`` or a :class:`HeadGrads`. Streams over chunks of positions, so
-    neither the deltas ``[senders, N*d]`` nor a head layer's dense gradients are ever built
-    whole (both are memory-bound, and tens of MB allocated fresh are mostly page faults);
-    float32 products accumulated per chunk.
-
-    >>> a, c = [torch.ones(1, 8), torch.ones(2, 8)], [torch.zeros(1, 8), torch.zeros(2, 8)]
-    >>> contract(a, c, {"x": torch.ones(1, 8)}, {"x": 3}, d=2)["x"].flatten().tolist()
-    [8.0, 8.0, 8.0]
-    """
-    top = max(senders[k] for k in grads)
-    first = clean[0]
-    N = first.shape[1] // d
-    step = max(16, CHUNK_BYTES // (4 * d * top))
-    buf = torch.empty(top, min(step, N) * d, dtype=first.dtype, device=first.device)
-    acc = {
-        k: torch.zeros(senders[k], g.receivers if isinstance(g, HeadGrads) else g.shape[0],
-                       dtype=first.dtype, device=first.device)
-        for k, g in grads.items()
-    }  # fmt: skip
-    for i in range(0, N, step):
-        j = min(N, i + step)
-        cols, w = slice(i * d, j * d), (j - i) * d
-        write_deltas(ablated, clean, i, j, d, buf, top)
-        for key, g in grads.items():
-            delta = buf[: senders[key], :w]
-            if not isinstance(g, HeadGrads):
-                acc[key].addmm_(delta, g[:, cols].to(buf.dtype).T)
-                continue
-            acc[key].addmm_(delta, g.block(i, j, terms=False).flatten(1).to(buf.dtype).T)
-            if g.terms:
-                acc[key].sub_(g.term_scores(delta.view(len(delta), j - i, d), i, j))
-    return {k: v.double() for k, v in acc.items()}
 
 
 def _norm_kind(norm: Any) -> tuple[str, float, torch.Tensor | None, torch.Tensor | None] | None:

@@ -50,7 +50,8 @@ from circuitsteer.discovery._common import (
     references,
     run_meta,
 )
-from circuitsteer.discovery._grads import contract, fast_receiver_grads, supported
+from circuitsteer.discovery._contract import contract
+from circuitsteer.discovery._grads import fast_receiver_grads, supported
 from circuitsteer.discovery._metric import Metric, make_metric
 from circuitsteer.discovery._senders import ablated_blocks, record_senders
 from circuitsteer.engine.masks import EdgeMask, run_with_mask
