@@ -66,7 +66,9 @@ def before(old: types.ModuleType | None) -> Iterator[None]:
     masks, acdc, grads, eap = (_mods[n] for n in
                                ("engine.masks", "discovery.acdc", "discovery._grads", "discovery.eap"))  # fmt: skip
     saved = (masks.MaskHooks, acdc.mask_prefix, grads.norm_vjp, eap.STACK_TOKENS)
-    masks.MaskHooks = lambda model, mask, ref, resume=None: old.MaskHooks(model, mask, ref)
+    masks.MaskHooks = lambda model, mask, ref, resume=None, cache=None: old.MaskHooks(
+        model, mask, ref
+    )
     acdc.mask_prefix = lambda model, tokens, ref: ref
     grads.norm_vjp = lambda *a: None
     eap.STACK_TOKENS = 1
