@@ -114,7 +114,7 @@ def fast_receiver_grads(
     with torch.enable_grad():
         grads = torch.autograd.grad(loss_fn(logits), wrt)
     g = dict(zip(keys, grads, strict=True))
-    out: dict[str, torch.Tensor] = {} if into is None else into
+    out: dict[str, Any] = {} if into is None else into
 
     def add(key: str, v: torch.Tensor, rows: int = 1) -> None:
         # v: [rows, copies * B*P*d] values, summed over the copies

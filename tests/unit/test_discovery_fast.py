@@ -124,7 +124,7 @@ def test_norm_vjp_equals_autograd(family):
     W = torch.randn(6, 8, 32, generator=g, dtype=torch.float64)
     norm.double()
     got = norm_vjp(norm, x, G, W)
-    assert got is not None
+    assert isinstance(got, torch.Tensor)
     # Llama's RMSNorm computes in float32 whatever the input: compare at that precision
     tol = 1e-10 if family == "gpt2" else 1e-5
     assert torch.allclose(got, _autograd_vjp(norm, x, G, W), atol=tol, rtol=tol)
