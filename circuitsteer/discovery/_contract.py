@@ -4,10 +4,10 @@ every edge, with neither side built whole.
 A layer's head receivers' gradients stay factored (:class:`HeadGrads`, built by
 :func:`circuitsteer.discovery._grads.norm_vjp`) and the senders' heads stay ``z`` and ``W_O``
 (:mod:`circuitsteer.discovery._senders`); :func:`contract` streams over chunks of positions of
-about the L2 cache's size, building both sides there. On the zoo model the whole tensors would
-be 24x (receivers) and 37x (senders) the residual stream: memory-bound, and, allocated fresh,
-mostly page faults. Chunks are spread over ``torch.get_num_threads()`` Python threads, each op
-single-threaded: the chunks' small products gain little from intra-op threads.
+a few MB, building both sides there. On the zoo model the whole tensors would be 24x
+(receivers) and 37x (senders) the residual stream: memory-bound, and, allocated fresh, mostly
+page faults. (Chunks of 16 MB were fastest there with 2 threads, 8 MB with one; spreading
+chunks over Python threads with single-threaded ops was slower than intra-op threads.)
 
 Example:
     >>> a, c = [torch.ones(1, 8), torch.ones(2, 8)], [torch.zeros(1, 8), torch.zeros(2, 8)]
@@ -17,9 +17,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -113,17 +110,7 @@ class HeadGrads:
         return t.reshape(t.shape[0], -1)
 
 
-CHUNK_BYTES = 1 << 21  # contract's working set per chunk of positions (about the L2 cache)
-
-
-@contextmanager
-def _single_threaded_ops() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+CHUNK_BYTES = 1 << 24  # the deltas' buffer per chunk of positions (see the module doc)
 
 
 @torch.no_grad()
@@ -133,51 +120,34 @@ def contract(
     grads: dict[str, Any],
     senders: dict[str, int],
     d: int,
-    workers: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per mask group ``k``: ``(ablated - clean)[:senders[k]] @ grads[k].T``, float64
     ``[senders, receivers]``. ``ablated``/``clean``: sender blocks in the mask's sender order,
     dense ``[rows, N*d]`` or factored heads; ``grads[k]``: ``[R, N*d]`` or a
-    :class:`HeadGrads`. float32 products accumulated per worker over its chunks, the workers'
-    sums added in a fixed order (deterministic for a given ``workers``, default
-    ``torch.get_num_threads()`` on the CPU, 1 elsewhere)."""
+    :class:`HeadGrads`. float32 products accumulated over the chunks in order."""
     top = max(senders[k] for k in grads)
     first = clean[0]
     N = first.shape[1] // d
     step = max(16, CHUNK_BYTES // (4 * d * top))
-    starts = list(range(0, N, step))
     for g in grads.values():
         if isinstance(g, HeadGrads):
             g.prepare()
-
-    @torch.no_grad()  # grad mode is per thread
-    def run(part: list[int]) -> dict[str, torch.Tensor]:
-        buf = torch.empty(top, min(step, N) * d, dtype=first.dtype, device=first.device)
-        acc = {
-            k: torch.zeros(senders[k], g.receivers if isinstance(g, HeadGrads) else g.shape[0],
-                           dtype=first.dtype, device=first.device)
-            for k, g in grads.items()
-        }  # fmt: skip
-        for i in part:
-            j = min(N, i + step)
-            cols, w = slice(i * d, j * d), (j - i) * d
-            write_deltas(ablated, clean, i, j, d, buf, top)
-            for key, g in grads.items():
-                delta = buf[: senders[key], :w]
-                if not isinstance(g, HeadGrads):
-                    acc[key].addmm_(delta, g[:, cols].to(buf.dtype).T)
-                    continue
-                acc[key].addmm_(delta, g.block(i, j, terms=False).flatten(1).to(buf.dtype).T)
-                if g.terms:
-                    acc[key].sub_(g.term_scores(delta.view(len(delta), j - i, d), i, j))
-        return acc
-
-    if workers is None:
-        workers = torch.get_num_threads() if first.device.type == "cpu" else 1
-    workers = max(1, min(workers, len(starts)))
-    if workers == 1:
-        parts = [run(starts)]
-    else:
-        with _single_threaded_ops(), ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(run, [starts[k::workers] for k in range(workers)]))
-    return {k: sum((p[k].double() for p in parts), torch.zeros(())) for k in grads}
+    buf = torch.empty(top, min(step, N) * d, dtype=first.dtype, device=first.device)
+    acc = {
+        k: torch.zeros(senders[k], g.receivers if isinstance(g, HeadGrads) else g.shape[0],
+                       dtype=first.dtype, device=first.device)
+        for k, g in grads.items()
+    }  # fmt: skip
+    for i in range(0, N, step):
+        j = min(N, i + step)
+        cols, w = slice(i * d, j * d), (j - i) * d
+        write_deltas(ablated, clean, i, j, d, buf, top)
+        for key, g in grads.items():
+            delta = buf[: senders[key], :w]
+            if not isinstance(g, HeadGrads):
+                acc[key].addmm_(delta, g[:, cols].to(buf.dtype).T)
+                continue
+            acc[key].addmm_(delta, g.block(i, j, terms=False).flatten(1).to(buf.dtype).T)
+            if g.terms:
+                acc[key].sub_(g.term_scores(delta.view(len(delta), j - i, d), i, j))
+    return {k: v.double() for k, v in acc.items()}
