@@ -46,6 +46,7 @@ def fast_receiver_grads(
     copies: int = 1,
     into: dict[str, Any] | None = None,
     factored: bool = False,
+    end: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Like :func:`circuitsteer.discovery.eap.receiver_grads`: per mask group, the gradient of
     ``loss_fn(logits)`` (a scalar) at every receiver's input, ``[n_receivers, B*P*d]``.
@@ -57,7 +58,9 @@ def fast_receiver_grads(
     is that many stacked copies of ``B`` rows (EAP-IG's steps); the gradients are summed over
     them. ``into``: add the gradients into these (and return them). ``factored``: leave each
     layer's head gradients as a :class:`HeadGrads` (summing passes is cheaper before
-    :meth:`HeadGrads.dense`)."""
+    :meth:`HeadGrads.dense`). ``end``: each row's END position (``[batch]``) when the loss
+    reads only the END logits: the unembedding then runs on those rows alone and ``loss_fn``
+    gets ``[batch, vocab]`` END logits (which ``cs.metrics`` accept as they are)."""
     arch, s = model.arch, model.shape
     mod = lambda role, L=None: model.module(arch.path(role, L))  # noqa: E731
     norm_in: dict[int, torch.Tensor] = {}
@@ -104,8 +107,16 @@ def fast_receiver_grads(
         if senders is not None:
             handles += sender_hooks(model, senders)
         handles.append(mod("final_norm").register_forward_pre_hook(private("logits")))
+        if end is not None:  # the unembedding reads each row's END only
+            rows = torch.arange(len(end), device=end.device)
+            head = model.hf.get_output_embeddings()
+            handles.append(head.register_forward_pre_hook(
+                lambda module, args: (args[0][rows, end.to(args[0].device)][:, None], *args[1:])
+            ))  # fmt: skip
         with torch.enable_grad():
             logits = model(tokens)
+            if end is not None:
+                logits = logits[:, 0]  # [batch, vocab]: END logits, as metrics.end_logits gives
     finally:
         for h in handles:
             h.remove()

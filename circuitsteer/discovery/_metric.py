@@ -41,6 +41,7 @@ class Metric:
     task: Any
     fn: Callable[..., Any]
     model: Any
+    end_only: bool = False  # reads only the END logits (the built-in metrics): see _grads
     _clean: torch.Tensor | None = None
 
     @property
@@ -99,7 +100,7 @@ def make_metric(metric: Any, model: Any, task: Any, check: bool = True) -> Metri
         raise DiscoveryError(
             f"unknown metric {metric!r}", fix=f"use one of {METRICS} or a callable(logits, task)"
         )
-    m = Metric(name, task, fn or (lambda lg, t: lg), model)
+    m = Metric(name, task, fn or (lambda lg, t: lg), model, end_only=not callable(metric))
     if check:
         m(m.clean_logits)  # raises DiscoveryError unless one float per example
     return m

@@ -84,10 +84,17 @@ def receiver_grads(
     :func:`_contract`)."""
     if supported(model):
         loss = lambda lg: met(lg).sum()  # noqa: E731
-        return fast_receiver_grads(model, task.clean, loss, input_value, senders, factored=factored)
+        return fast_receiver_grads(model, task.clean, loss, input_value, senders,
+                                   factored=factored, end=_end(task, met, 1))  # fmt: skip
     if senders is not None:
         senders += record_senders(model, task.clean)
     return captured_receiver_grads(model, task, met, input_value)
+
+
+def _end(task: Any, met: Metric, copies: int) -> torch.Tensor | None:
+    """Each row's END position over ``copies`` stacked copies of the task, when the metric
+    reads only the END logits (else None: every position's logits)."""
+    return task.positions["END"].repeat(copies) if met.end_only else None
 
 
 STACK_TOKENS = 8192  # EAP-IG: interpolation steps stacked along the batch up to this many tokens
@@ -114,7 +121,8 @@ def _step_grads(model: Any, task: Any, met: Metric, xs: list[torch.Tensor], tota
 
     tokens = task.clean.repeat(c, 1) if c > 1 else task.clean
     x = torch.cat(xs) if c > 1 else xs[0]
-    fast_receiver_grads(model, tokens, loss, x, copies=c, into=total, factored=True)
+    fast_receiver_grads(model, tokens, loss, x, copies=c, into=total, factored=True,
+                        end=_end(task, met, c))  # fmt: skip
 
 
 @dataclass
