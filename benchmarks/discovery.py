@@ -1,8 +1,9 @@
 """Circuit discovery cost, measured side by side in one process (ratios, plus the issue's
 wall-clock targets), each method now and as it was before the fast paths (``--before REV``,
 default the commit before them: the masked forward's hooks of that commit, no resumed
-forwards in ACDC, exact patching through Patch variants, EAP's norm VJP by autograd over
-stacked copies, one EAP-IG pass per step), round-robin in the same run.
+forwards in ACDC, exact patching through Patch variants), round-robin in the same run. EAP and
+EAP-IG on inputs have no "before" column here: benchmarks/eap_revisions.py times them against a
+git revision.
 
     python benchmarks/discovery.py [--quick] [--threads N] [--before REV | --no-before]
 
@@ -42,7 +43,7 @@ from circuitsteer.discovery.reproduce import settings  # noqa: E402
 
 BEFORE = "b028c55"  # the last commit before the fast paths (resumed masked forwards, ...)
 _mods = {n: importlib.import_module(f"circuitsteer.{n}") for n in
-         ("engine.masks", "discovery.acdc", "discovery._grads", "discovery.eap")}  # fmt: skip
+         ("engine.masks", "discovery.acdc")}  # fmt: skip
 
 
 def old_mask_hooks(rev: str) -> types.ModuleType:
@@ -58,24 +59,23 @@ def old_mask_hooks(rev: str) -> types.ModuleType:
 @contextmanager
 def before(old: types.ModuleType | None) -> Iterator[None]:
     """Inside, discovery runs as before the fast paths: ``old``'s masked-forward hooks (every
-    receiver of every layer computed), ACDC's forwards whole (no prefix), the norm VJP by
-    autograd, one EAP-IG pass per step. Exact patching's old path is ``via="patch"``."""
+    receiver of every layer computed), ACDC's forwards whole (no prefix). Exact patching's old
+    path is ``via="patch"``. EAP and EAP-IG on inputs were rewritten since (factored gradients
+    and senders, streamed contraction): benchmarks/eap_revisions.py times them against a git
+    revision instead."""
     if old is None:
         yield
         return
-    masks, acdc, grads, eap = (_mods[n] for n in
-                               ("engine.masks", "discovery.acdc", "discovery._grads", "discovery.eap"))  # fmt: skip
-    saved = (masks.MaskHooks, acdc.mask_prefix, grads.norm_vjp, eap.STACK_TOKENS)
+    masks, acdc = (_mods[n] for n in ("engine.masks", "discovery.acdc"))
+    saved = (masks.MaskHooks, acdc.mask_prefix)
     masks.MaskHooks = lambda model, mask, ref, resume=None, cache=None: old.MaskHooks(
         model, mask, ref
     )
     acdc.mask_prefix = lambda model, tokens, ref: ref
-    grads.norm_vjp = lambda *a: None
-    eap.STACK_TOKENS = 1
     try:
         yield
     finally:
-        masks.MaskHooks, acdc.mask_prefix, grads.norm_vjp, eap.STACK_TOKENS = saved
+        masks.MaskHooks, acdc.mask_prefix = saved
 
 
 def compare(cases: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
@@ -122,11 +122,11 @@ def bench_gradients(label: str, model, task, reps: int, old, steps: int = 5) -> 
         "eap-ig": lambda: dc.eap_ig(model, task, steps=steps),
         "eap-ig-act": lambda: dc.eap_ig(model, task, steps=steps, method="activations"),
     }
-    if old is not None:
-        cases |= {f"{k} before": was(cases[k]) for k in ("eap", "eap-ig", "eap-ig-act")}
+    if old is not None:  # EAP / EAP-IG on inputs: benchmarks/eap_revisions.py
+        cases["eap-ig-act before"] = was(cases["eap-ig-act"])
     med = compare(cases, reps)
     fb = med["raw fwd+bwd"]
-    b = (lambda k: med[f"{k} before"] / fb) if old is not None else (lambda k: float("nan"))
+    b = lambda k: med[f"{k} before"] / fb if f"{k} before" in med else float("nan")  # noqa: E731
     return [
         (f"{label}: EAP / raw fwd+bwd", b("eap"), med["eap"] / fb, "<= 3"),
         (f"{label}: EAP-IG inputs, m={steps} / raw fwd+bwd", b("eap-ig"), med["eap-ig"] / fb,
