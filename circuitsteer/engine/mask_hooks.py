@@ -418,6 +418,7 @@ class MaskHooks:
             if not torch.is_grad_enabled() and not self.gqa:
                 return self._qkv_active(L, module, out, r0, R, cols, span)
             diff = self.diff[L]
+            assert diff is not None  # the layer's input differs (the group has a receiver)
             idx = cols.to(out.device)
             W = self.arch.in_cols(module, idx if span is None else span)
             W = W.reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
@@ -483,7 +484,9 @@ class MaskHooks:
 
     def _ablated(self, key: str, n: int) -> torch.Tensor:
         """``R`` of receiver group ``key`` (``n`` senders): :func:`ablated_input`."""
-        return self.cache.get(("R", key), lambda: ablated_input(self.model, self.ref, n))
+        ref = self.ref
+        assert ref is not None  # a masked forward always has its reference
+        return self.cache.get(("R", key), lambda: ablated_input(self.model, ref, n))
 
     def _gqa_qkv(
         self,
