@@ -108,11 +108,8 @@ def fast_receiver_grads(
             handles += sender_hooks(model, senders)
         handles.append(mod("final_norm").register_forward_pre_hook(private("logits")))
         if end is not None:  # the unembedding reads each row's END only
-            rows = torch.arange(len(end), device=end.device)
             head = model.hf.get_output_embeddings()
-            handles.append(head.register_forward_pre_hook(
-                lambda module, args: (args[0][rows, end.to(args[0].device)][:, None], *args[1:])
-            ))  # fmt: skip
+            handles.append(head.register_forward_pre_hook(_end_rows(end)))
         with torch.enable_grad():
             logits = model(tokens)
             if end is not None:
@@ -158,6 +155,17 @@ def fast_receiver_grads(
             if isinstance(v, HeadGrads):
                 out[k] = v.flat()
     return out
+
+
+def _end_rows(end: torch.Tensor) -> Callable:
+    """A forward pre-hook giving the unembedding each row's END hidden state only."""
+
+    def hook(module, args):
+        h = args[0]
+        rows = torch.arange(len(end), device=h.device)
+        return (h[rows, end.to(h.device)][:, None], *args[1:])
+
+    return hook
 
 
 def _head_factors(
