@@ -9,8 +9,10 @@ so that the tests exercise them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 
 import circuitsteer as cs
@@ -27,4 +29,25 @@ def perturbed_model(family: str, cfg: dict[str, Any], dtype: torch.dtype | None 
             p.add_(0.2 * torch.randn(p.shape, generator=g))
     if dtype is not None:
         model.hf.to(dtype)
+    return model
+
+
+def builder(families: dict[str, tuple[str, dict[str, Any]]]) -> Callable[..., Any]:
+    """``build(key, dtype=None)``: the perturbed model of ``families[key]`` (family, config)."""
+
+    def build(key: str, dtype: torch.dtype | None = None) -> Any:
+        family, cfg = families[key]
+        return perturbed_model(family, cfg, dtype)
+
+    return build
+
+
+def model_fixture(families: dict[str, tuple[str, dict[str, Any]]]) -> Any:
+    """A module-scoped ``model`` fixture over every entry of ``families``."""
+    build = builder(families)
+
+    @pytest.fixture(scope="module", params=list(families))
+    def model(request):
+        return build(request.param)
+
     return model

@@ -8,7 +8,7 @@ from __future__ import annotations
 import arch_reference as ref
 import pytest
 import torch
-from perturbed import perturbed_model
+from perturbed import builder, model_fixture
 
 import circuitsteer as cs
 from circuitsteer.engine import run, run_variants
@@ -26,14 +26,8 @@ FAMILIES = {
 }
 
 
-def build(key: str):
-    family, cfg = FAMILIES[key]
-    return perturbed_model(family, cfg)
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def model(request):
-    return build(request.param)
+build = builder(FAMILIES)
+model = model_fixture(FAMILIES)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from perturbed import perturbed_model
+from perturbed import model_fixture
 
 from circuitsteer.engine.masks import EdgeMask, mask_prefix, run_with_mask, sender_outputs
 
@@ -23,10 +23,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def model(request):
-    family, cfg = FAMILIES[request.param]
-    return perturbed_model(family, cfg)
+model = model_fixture(FAMILIES)
 
 
 @pytest.fixture(scope="module")

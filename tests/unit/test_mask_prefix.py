@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from perturbed import perturbed_model
+from perturbed import model_fixture
 
 import circuitsteer as cs
 from circuitsteer.engine.masks import EdgeMask, mask_prefix, run_with_mask, sender_outputs
@@ -22,14 +22,7 @@ FAMILIES = {
 }
 
 
-def build(key):
-    family, cfg = FAMILIES[key]
-    return perturbed_model(family, cfg)
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def model(request):
-    return build(request.param)
+model = model_fixture(FAMILIES)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from perturbed import perturbed_model
+from perturbed import builder, model_fixture
 
 import circuitsteer as cs
 from circuitsteer.engine import run
@@ -21,14 +21,8 @@ FAMILIES = {
 }
 
 
-def build(key, dtype=torch.float32):
-    family, cfg = FAMILIES[key]
-    return perturbed_model(family, cfg, dtype)
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def model(request):
-    return build(request.param)
+build = builder(FAMILIES)
+model = model_fixture(FAMILIES)
 
 
 @pytest.fixture(scope="module")
