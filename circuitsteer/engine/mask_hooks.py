@@ -17,7 +17,9 @@ receiver's projection are computed on their own and cached by column: between AC
 only the column under test is new. The heads' deltas are written by one ``baddbmm``.
 A forward may also *resume* at a layer (:class:`Resume`): the residual entering that block and
 the delta rows of the senders below it come from a recording of the same forward
-(:func:`circuitsteer.engine.masks.mask_prefix`), the blocks below are not run."""
+(:func:`circuitsteer.engine.masks.mask_prefix`), the blocks below are not run. The active
+receivers' q/k/v columns live in :mod:`circuitsteer.engine.mask_active`, grouped-query
+attention's per-head k/v in :mod:`circuitsteer.engine.mask_gqa` (mixins of :class:`MaskHooks`)."""
 
 from __future__ import annotations
 
@@ -27,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuitsteer import edge_graph as eg
-from circuitsteer.engine.mask_ablated import AblatedCache, ablated_input
+from circuitsteer.engine.mask_ablated import AblatedCache
+from circuitsteer.engine.mask_active import ActiveReceivers, Plan, key_of, normed_inputs
 from circuitsteer.engine.mask_autograd import MaskedSum, SenderGrads
+from circuitsteer.engine.mask_gqa import GQAHeads
 from circuitsteer.nodes import CHANNELS
 
 if TYPE_CHECKING:
@@ -42,23 +46,6 @@ def first_changed_layer(mask: EdgeMask) -> int:
         if bool(t.any()):
             return mask.shape.n_layers if key == "logits" else int(key[1:])
     return mask.shape.n_layers
-
-
-@dataclass
-class _Plan:
-    """One layer's active head receivers in a no-grad forward. ``x``: the receivers (ascending
-    column indices) that read ``x + u.T @ deltas``, the distinct column each reads and the stack
-    of those inputs, normalized (projected in place of the module's output); ``ones``: the
-    receivers whose every edge is patched (they read ``R``: the module's output on ``normed``,
-    the norm of ``R``, kept in the cache)."""
-
-    x: tuple[torch.Tensor, torch.Tensor, Any] | None = None
-    ones: torch.Tensor | None = None
-    normed: torch.Tensor | None = None
-    # the first changed layer: its inputs are the clean forward's (x and the deltas below), so
-    # each distinct column's normalized input and each receiver's projection are computed on
-    # their own and kept in the cache, keyed by the column, for the next forward
-    first: bool = False
 
 
 @dataclass
@@ -76,34 +63,7 @@ class Resume:
     partial: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]
 
 
-CHUNK_ROWS = 512  # rows (batch x positions) of the distinct inputs computed at a time
-
-
-def _normed_inputs(
-    ln: Any, x: torch.Tensor, mt: torch.Tensor, deltas: torch.Tensor
-) -> torch.Tensor:
-    """``[U, B*P, d]``: ``norm(x + u.T @ deltas)`` for each row ``u`` of ``mt`` (``[U, n]``),
-    ``CHUNK_ROWS`` rows at a time so that the sums stay in cache until normalized (the stack
-    of sums is as large as U residual streams; writing it out and reading it back cost as much
-    as the product)."""
-    d = x.shape[-1]
-    xs = x.reshape(-1, d)
-    BP, U, n = xs.shape[0], mt.shape[0], deltas.shape[0]
-    D = deltas.view(n, BP, d)
-    out = torch.empty(U, BP, d, dtype=x.dtype, device=x.device)
-    for a in range(0, BP, CHUNK_ROWS):
-        b = min(BP, a + CHUNK_ROWS)
-        y = torch.addmm(xs[a:b].reshape(1, -1), mt, D[:, a:b].reshape(n, -1))
-        out[:, a:b] = ln.forward(y.view(U, b - a, d))
-    return out
-
-
-def _key(u: torch.Tensor) -> bytes:
-    """A mask column as a cache key (its values' bytes)."""
-    return u.detach().cpu().numpy().tobytes()
-
-
-class MaskHooks:
+class MaskHooks(ActiveReceivers, GQAHeads):
     """Hooks for one masked forward (``mask`` given) or one recording of sender outputs."""
 
     def __init__(
@@ -117,7 +77,7 @@ class MaskHooks:
         self.model, self.arch, self.mask, self.ref = model, model.arch, mask, ref
         # the ablated inputs (mask_ablated): a prefix's, kept across forwards, or this one's
         self.cache = cache if cache is not None else AblatedCache()
-        self.plan: dict[int, _Plan | None] = {}
+        self.plan: dict[int, Plan | None] = {}
         self.blocks: list[torch.Tensor] = []  # recorded sender outputs, [n, B*P*d] each
         self.outs: list[torch.Tensor] = []  # sender outputs of a masked forward (for autograd)
         self.handles: list[Any] = []
@@ -266,52 +226,6 @@ class MaskHooks:
 
         return hook
 
-    def _gqa_heads(self, L: int, z: torch.Tensor) -> torch.Tensor:
-        """``z`` with the attention of every query head whose k/v can differ from its group's
-        recomputed from its own k/v (the group's clean k/v plus the head's own delta)."""
-        assert self.mask is not None
-        s, arch = self.model.shape, self.arch
-        H, dh = s.n_heads, s.d_head
-        m = self.mask.tensors[f"a{L}"]
-        if torch.is_grad_enabled() and m.requires_grad:
-            heads = list(range(H))
-        else:
-            with torch.no_grad():
-                nz = (m[:, H:] != 0).any(0)
-                heads = (nz[:H] | nz[H:]).nonzero().flatten().tolist()
-        if not heads:
-            return z
-        B, P = z.shape[:2]
-        idx = torch.tensor(heads, device=z.device)
-
-        def stack(c: str) -> torch.Tensor:  # [n, B, P, dh]
-            out = self.proj[(L, c)]
-            t = torch.stack([out[..., arch.qkv_cols(c, h)] for h in heads])
-            d = self.kv_delta.get((L, c))
-            return t if d is None else t + d.index_select(0, idx)
-
-        pos_emb, amask = self.attn_kw[L]
-        q = arch.rotary(stack("q"), pos_emb)
-        k = arch.rotary(stack("k"), pos_emb)
-        v = stack("v")
-        scores = (q @ k.transpose(-1, -2)) * arch.attn_scale(
-            self.model.module(arch.path("attn", L))
-        )
-        if amask is None:
-            causal = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
-            scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
-        else:
-            am = amask[:, 0, :, -P:]
-            if am.dtype == torch.bool:
-                scores = scores.masked_fill(~am, torch.finfo(scores.dtype).min)
-            else:
-                scores = scores + am
-        sm_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
-        zh = torch.softmax(scores, dim=-1, dtype=sm_dtype).to(v.dtype) @ v  # [n, B, P, dh]
-        z = z.clone()
-        z.view(B, P, H, dh)[:, :, heads] = zh.permute(1, 2, 0, 3)
-        return z
-
     def _mlp(self, L: int):
         def hook(module, args, out):
             self._sender(out.reshape(1, -1))
@@ -364,7 +278,7 @@ class MaskHooks:
                 return
             n, buf = m.shape[0], self.buf
             ones = (m == 1).all(0)  # every edge patched: R, the same in every forward
-            plan = _Plan(ones=ones.nonzero().flatten())
+            plan = Plan(ones=ones.nonzero().flatten())
             xi = (nz.any(0) & ~ones).nonzero().flatten()
             if xi.numel():
                 # receivers with equal columns read equal inputs: x + u.T @ deltas once per
@@ -378,14 +292,14 @@ class MaskHooks:
                         y = torch.addmm(x.reshape(1, -1), mt[i : i + 1], buf[:n])
                         return ln.forward(y.view_as(x)).flatten(0, -2)
 
-                    keys = [("in", L, _key(u)) for u in mt]
+                    keys = [("in", L, key_of(u)) for u in mt]
                     stack: Any = [
                         self.cache.get(k, lambda i=i: normed(i), sweep=True)
                         for i, k in enumerate(keys)
                     ]
                     plan.x = (xi, inv, (stack, keys))
                 else:
-                    plan.x = (xi, inv, (_normed_inputs(ln, x, mt, buf[:n]), None))
+                    plan.x = (xi, inv, (normed_inputs(ln, x, mt, buf[:n]), None))
             if plan.ones.numel():
                 R = self._ablated(f"a{L}", n)
                 plan.normed = self.cache.get(("ln1", L), lambda: ln.forward(R.view_as(x)))
@@ -431,85 +345,6 @@ class MaskHooks:
             return out.index_add(-1, idx, contrib)
 
         return hook
-
-    def _qkv_active(
-        self, L: int, module: Any, out: torch.Tensor, r0: int, R: int, cols: torch.Tensor, span: Any
-    ) -> torch.Tensor | None:
-        """No grad: the q/k/v columns of this module's active receivers (``_Plan``), in place."""
-        plan = self.plan.get(L)
-        if plan is None:  # no active receiver in this layer
-            return None
-        idx = cols.to(out.device)
-        dh = self.model.shape.d_head
-        W = self.arch.in_cols(module, idx if span is None else span)
-        W = W.reshape(-1, R, dh).transpose(0, 1)  # [R, d, dh]
-        cols2, d_in = idx.view(R, dh), W.shape[1]
-        bias = getattr(module, "bias", None)
-        lead = out.shape[:-1]
-
-        def local(act: torch.Tensor) -> torch.Tensor:  # this module's receivers among ``act``
-            lo, hi = (int(i) for i in torch.searchsorted(act, torch.tensor([r0, r0 + R])))
-            return torch.arange(lo, hi)
-
-        def groups(entry):  # (receivers, their output columns, their distinct input)
-            act, inv, (stack, keys) = entry
-            k = local(act)
-            rs_all, inv = act[k] - r0, inv[k]
-            for u in torch.unique(inv).tolist():  # one product per distinct input
-                rs = rs_all[inv == u]
-                if keys is not None:  # first changed layer: one receiver at a time, cached
-                    for r in rs.tolist():
-                        yield keys[u] + (r0 + r,), stack[u], W[r], cols2[r]
-                    continue
-                Wu = W.index_select(0, rs).permute(1, 0, 2).reshape(d_in, -1)  # [d, j*dh]
-                yield None, stack[u], Wu, cols2.index_select(0, rs.to(idx.device)).flatten()
-
-        if plan.ones is not None and plan.normed is not None:
-            k = local(plan.ones)
-            if k.numel():  # their columns of the module's output on the norm of R (cached)
-                normed = plan.normed
-                Q = self.cache.get(("qkv", L, r0), lambda: module.forward(normed))
-                take = torch.zeros(out.shape[-1], dtype=torch.bool, device=out.device)
-                take[cols2.index_select(0, (plan.ones[k] - r0).to(idx.device)).flatten()] = True
-                out = torch.where(take, Q, out)
-        if plan.x is not None:
-            for key, normed, Wu, sel in groups(plan.x):
-
-                def proj(normed=normed, Wu=Wu, sel=sel) -> torch.Tensor:
-                    return normed @ Wu if bias is None else torch.addmm(bias[sel], normed, Wu)
-
-                p = proj() if key is None else self.cache.get(("proj",) + key, proj, sweep=True)
-                out.index_copy_(-1, sel, p.view(*lead, -1))
-        return out
-
-    def _ablated(self, key: str, n: int) -> torch.Tensor:
-        """``R`` of receiver group ``key`` (``n`` senders): :func:`ablated_input`."""
-        ref = self.ref
-        assert ref is not None  # a masked forward always has its reference
-        return self.cache.get(("R", key), lambda: ablated_input(self.model, ref, n))
-
-    def _gqa_qkv(
-        self,
-        L: int,
-        channels: tuple[str, ...],
-        out: torch.Tensor,
-        idx: torch.Tensor,
-        contrib: torch.Tensor,
-    ) -> torch.Tensor:
-        """Grouped-query attention: q columns get their deltas as usual; k/v columns are shared
-        by a KV group, so they stay clean and each query head's own delta is kept apart."""
-        H, dh = self.model.shape.n_heads, self.model.shape.d_head
-        new = out
-        for i, ch in enumerate(channels):
-            part = contrib[i * H : (i + 1) * H]  # [H, BP, dh]
-            if ch == "q":
-                q_idx = idx[i * H * dh : (i + 1) * H * dh]
-                new = new.index_add(-1, q_idx, part.transpose(0, 1).reshape(*out.shape[:-1], -1))
-            else:
-                self.kv_delta[(L, ch)] = part.view(H, *out.shape[:-1], dh)
-        for ch in channels:
-            self.proj[(L, ch)] = new if ch == "q" else out
-        return new
 
     def _column(self, key: str, x: torch.Tensor) -> torch.Tensor | None:
         """A one-receiver group's input (an MLP's, the logits'): ``x + m.T @ deltas``, or None
