@@ -179,15 +179,16 @@ def _head_factors(
     arch, s = model.arch, model.shape
     dh = s.d_head
     gs, qs, shifts, ws = [], [], [], []
+    beta = norm_shift(norm)  # the norm's bias (None: a zero vector) projected below
+    dt = proj_out[next(iter(proj_out))].dtype
+    beta = torch.zeros(s.d_model, dtype=dt, device=model.device) if beta is None else beta
     for role, idx in _columns(arch, s):
         m = model.module(arch.path(role, L))
         gr, qr = g[(L, role)], proj_out[(L, role)].detach()
         gr, qr = gr.reshape(-1, gr.shape[-1]), qr.reshape(-1, qr.shape[-1])
         if not (len(idx) == gr.shape[-1] and bool((idx == torch.arange(len(idx))).all())):
             gr, qr = gr[:, idx], qr[:, idx]
-        beta = norm_shift(norm)
-        zero = torch.zeros(s.d_model, dtype=qr.dtype, device=qr.device)
-        shift = arch.project(m, idx, (zero if beta is None else beta.detach())[None])
+        shift = arch.project(m, idx, beta.detach().to(qr.dtype)[None])
         gs.append(gr)
         qs.append(qr)
         shifts.append(shift.detach().to(qr.dtype).view(-1, dh))
