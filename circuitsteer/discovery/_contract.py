@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from circuitsteer.discovery._senders import write_deltas
+from circuitsteer.discovery._senders import HeadBlock, write_deltas
 
 
 class HeadGrads:
@@ -62,12 +62,21 @@ class HeadGrads:
     def add_rest(self, t: torch.Tensor) -> None:
         self.rest = t.clone() if self.rest is None else self.rest.add_(t)
 
-    def block(self, i: int, j: int, terms: bool = True) -> torch.Tensor:
+    def block(self, i: int, j: int, terms: bool = True, lin: bool = True) -> torch.Tensor | None:
         """The summed gradients of positions ``i:j``, ``[R, j - i, d]`` (a new tensor);
-        ``terms=False``: without the per-pass terms (:meth:`term_scores` contracts them)."""
-        if self.lin is not None:
-            lin = self.lin[i:j].transpose(0, 1)
-            out = torch.bmm(lin, self.B.to(lin.dtype))  # type: ignore[union-attr]
+        ``terms=False``: without the per-pass terms (:meth:`term_scores` contracts them);
+        ``lin=False``: without the linear part (:func:`lin_scores` contracts it; None if then
+        nothing is left)."""
+        if not lin:
+            if self.rest is None and not (terms and self.terms):
+                return None
+            out = self.rest[:, i:j].clone() if self.rest is not None else None
+            if out is None:
+                R, d = self.receivers, self.terms[0][1].shape[-1]
+                out = self.terms[0][1].new_zeros(R, j - i, d)
+        elif self.lin is not None:
+            a = self.lin[i:j].transpose(0, 1)
+            out = torch.bmm(a, self.B.to(a.dtype))  # type: ignore[union-attr]
             if self.rest is not None:
                 out += self.rest[:, i:j]
         else:
@@ -80,7 +89,7 @@ class HeadGrads:
     def prepare(self) -> None:
         """Stack the terms for :meth:`term_scores` (done before threads share this object)."""
         if self._stacked is None and self.terms:
-            xs = torch.stack([xh for _, xh in self.terms], dim=-1)  # [n, d, K]
+            xs = torch.stack([xh for _, xh in self.terms], dim=1)  # [n, K, d]: rows copied whole
             cs = torch.stack([c.T for c, _ in self.terms], dim=1)  # [n, K, R]
             self._stacked = (xs, cs)
 
@@ -91,7 +100,7 @@ class HeadGrads:
         receivers, or many passes, the dots with the K terms' ``xh`` are the smaller work)."""
         self.prepare()
         xs, cs = self._stacked  # type: ignore[misc]
-        e = torch.bmm(delta.transpose(0, 1), xs[i:j].to(delta.dtype))  # [t, S, K]
+        e = torch.bmm(delta.transpose(0, 1), xs[i:j].to(delta.dtype).transpose(1, 2))  # [t, S, K]
         S, R = delta.shape[0], cs.shape[-1]
         return e.transpose(0, 1).reshape(S, -1) @ cs[i:j].reshape(-1, R).to(delta.dtype)
 
@@ -102,7 +111,9 @@ class HeadGrads:
     def dense(self) -> torch.Tensor:
         """The summed gradients ``[R, n, d]``."""
         n = self.lin.shape[0] if self.lin is not None else self.rest.shape[1]  # type: ignore
-        return self.block(0, n)
+        out = self.block(0, n)
+        assert out is not None
+        return out
 
     def flat(self) -> torch.Tensor:
         """:meth:`dense` as ``[R, n*d]`` (the mask group's layout)."""
@@ -111,6 +122,84 @@ class HeadGrads:
 
 
 CHUNK_BYTES = 1 << 24  # the deltas' buffer per chunk of positions (see the module doc)
+FACTORED_GAIN = 3.0  # a large GEMM's FLOPs against the streamed path's (measured, 2 threads)
+
+
+def _layout(clean: list[Any], d: int) -> list[tuple[int, int, int, int, Any]]:
+    """Per sender block: (first sender row, rows, first factor column, columns per row, the
+    rows' readout ``W_O`` ``[rows, dh, d]`` or None for dense rows): where
+    :func:`_factors` puts each sender's factor (a head's ``z`` delta, a dense row's delta)."""
+    out, r, c0 = [], 0, 0
+    for c in clean:
+        if isinstance(c, HeadBlock):
+            m, a, w = c.rows, c.w.shape[1], c.w
+        else:
+            m, a, w = c.shape[0], d, None
+        out.append((r, m, c0, a, w))
+        r, c0 = r + m, c0 + m * a
+    return out
+
+
+def _factors(ablated: list[Any], clean: list[Any], N: int, d: int, width: int) -> torch.Tensor:
+    """``[N, width]``: every sender's ``ablated - clean`` factor in :func:`_layout`'s columns
+    (up to ``width``), position-major."""
+    first = clean[0]
+    X = torch.empty(N, width, dtype=first.dtype, device=first.device)
+    for a, c, (_, m, c0, k, _) in zip(ablated, clean, _layout(clean, d), strict=True):
+        if c0 >= width:
+            break
+        if isinstance(c, HeadBlock):
+            torch.sub(a.z, c.z, out=X[:, c0 : c0 + m * k].view(N, m, k))
+        else:
+            torch.sub(
+                a.view(m, N, d),
+                c.view(m, N, d),
+                out=X[:, c0 : c0 + m * k].view(N, m, d).transpose(0, 1),
+            )
+    return X
+
+
+def _width(layout: list, S: int) -> int:
+    """The factor columns of the first ``S`` senders."""
+    w = 0
+    for r, m, c0, k, _ in layout:
+        if r >= S:
+            break
+        w = c0 + min(m, S - r) * k
+    return w
+
+
+def _factored_cheaper(g: HeadGrads, width: int, S: int, d: int) -> bool:
+    """Whether :func:`lin_scores` (one GEMM of ``width`` factor columns against the ``R * dh``
+    columns of ``lin``) beats building ``lin @ B`` and contracting it with ``S`` dense deltas,
+    given a large GEMM's better throughput (``FACTORED_GAIN``). On the zoo model (d = 128,
+    dh = 16) every layer takes it; on GPT-2 small's shape (d = 768, dh = 64) the first few."""
+    dh = g.lin.shape[-1]  # type: ignore[union-attr]
+    return width * dh <= FACTORED_GAIN * d * (dh + S)
+
+
+def lin_scores(X: torch.Tensor, layout: list, g: HeadGrads, S: int, d: int) -> torch.Tensor:
+    """The linear part of ``(ablated - clean) . grads`` for the first ``S`` senders and a
+    layer's head receivers, ``[S, R]``, without either side in ``d`` dimensions per position:
+    with ``x_s`` a sender's factor (its ``z`` delta, read out by ``W_O_s``; a dense delta, read
+    out by the identity) and ``lin_r @ B_r`` a receiver's gradient, the score is
+    ``sum_t x_s[t] W_O_s B_r^T lin_r[t] = <W_O_s B_r^T, sum_t x_s[t]^T lin_r[t]>``: one GEMM
+    over the positions (``X^T @ lin``) and a small product of weights per sender block."""
+    lin = g.lin
+    assert lin is not None and g.B is not None
+    N, R, dh = lin.shape
+    w = _width(layout, S)
+    M = X[:, :w].T @ lin.reshape(N, R * dh).to(X.dtype)  # [w, R * dh]
+    Bt = g.B.reshape(R * dh, d).T.to(X.dtype)  # [d, R * dh]
+    out = torch.empty(S, R, dtype=X.dtype, device=X.device)
+    for r, m, c0, k, wo in layout:
+        if r >= S:
+            break
+        m = min(m, S - r)
+        Mb = M[c0 : c0 + m * k].view(m, k, R, dh)
+        K = Bt.expand(m, d, R * dh) if wo is None else torch.matmul(wo[:m], Bt)  # [m, k, R*dh]
+        out[r : r + m] = (Mb * K.view(m, k, R, dh)).sum((1, 3))
+    return out
 
 
 @torch.no_grad()
@@ -124,20 +213,33 @@ def contract(
     """Per mask group ``k``: ``(ablated - clean)[:senders[k]] @ grads[k].T``, float64
     ``[senders, receivers]``. ``ablated``/``clean``: sender blocks in the mask's sender order,
     dense ``[rows, N*d]`` or factored heads; ``grads[k]``: ``[R, N*d]`` or a
-    :class:`HeadGrads`. float32 products accumulated over the chunks in order."""
+    :class:`HeadGrads`. A head group's linear part goes through :func:`lin_scores` where that
+    is cheaper; everything else is streamed over chunks of positions, float32 products
+    accumulated over the chunks in order."""
     top = max(senders[k] for k in grads)
     first = clean[0]
     N = first.shape[1] // d
-    step = max(16, CHUNK_BYTES // (4 * d * top))
-    for g in grads.values():
-        if isinstance(g, HeadGrads):
-            g.prepare()
-    buf = torch.empty(top, min(step, N) * d, dtype=first.dtype, device=first.device)
+    layout = _layout(clean, d)
     acc = {
         k: torch.zeros(senders[k], g.receivers if isinstance(g, HeadGrads) else g.shape[0],
                        dtype=first.dtype, device=first.device)
         for k, g in grads.items()
     }  # fmt: skip
+    factored = {
+        k for k, g in grads.items()
+        if isinstance(g, HeadGrads) and g.lin is not None
+        and _factored_cheaper(g, _width(layout, senders[k]), senders[k], d)
+    }  # fmt: skip
+    if factored:
+        X = _factors(ablated, clean, N, d, max(_width(layout, senders[k]) for k in factored))
+        for k in factored:
+            acc[k] += lin_scores(X, layout, grads[k], senders[k], d)
+        del X
+    step = max(16, CHUNK_BYTES // (4 * d * top))
+    for g in grads.values():
+        if isinstance(g, HeadGrads):
+            g.prepare()
+    buf = torch.empty(top, min(step, N) * d, dtype=first.dtype, device=first.device)
     for i in range(0, N, step):
         j = min(N, i + step)
         cols, w = slice(i * d, j * d), (j - i) * d
@@ -147,7 +249,9 @@ def contract(
             if not isinstance(g, HeadGrads):
                 acc[key].addmm_(delta, g[:, cols].to(buf.dtype).T)
                 continue
-            acc[key].addmm_(delta, g.block(i, j, terms=False).flatten(1).to(buf.dtype).T)
+            part = g.block(i, j, terms=False, lin=key not in factored)
+            if part is not None:
+                acc[key].addmm_(delta, part.flatten(1).to(buf.dtype).T)
             if g.terms:
                 acc[key].sub_(g.term_scores(delta.view(len(delta), j - i, d), i, j))
     return {k: v.double() for k, v in acc.items()}

@@ -73,6 +73,7 @@ def receiver_grads(
     input_value: torch.Tensor | None = None,
     senders: list[torch.Tensor] | None = None,
     factored: bool = False,
+    consts: dict | None = None,
 ) -> dict[str, Any]:
     """``dL/d(receiver input)`` for every receiver, per mask group (``a{L}`` ``[3H, B*P*d]``,
     ``m{L}`` and ``logits`` ``[1, B*P*d]``), ``L`` the summed per-example loss. With
@@ -81,11 +82,11 @@ def receiver_grads(
     k/v heads; then :func:`captured_receiver_grads`. ``senders`` (a list) receives the sender
     outputs of this forward (clean input only on the engine path). ``factored``: the fast
     path's head groups stay :class:`~circuitsteer.discovery._grads.HeadGrads` (see
-    :func:`_contract`)."""
+    :func:`_contract`). ``consts``: the fast path's per-layer constants, kept between calls."""
     if supported(model):
         loss = lambda lg: met(lg).sum()  # noqa: E731
         return fast_receiver_grads(model, task.clean, loss, input_value, senders,
-                                   factored=factored, end=_end(task, met, 1))  # fmt: skip
+                                   factored=factored, end=_end(task, met, 1), consts=consts)  # fmt: skip
     if senders is not None:
         senders += record_senders(model, task.clean)
     return captured_receiver_grads(model, task, met, input_value)
@@ -97,10 +98,17 @@ def _end(task: Any, met: Metric, copies: int) -> torch.Tensor | None:
     return task.positions["END"].repeat(copies) if met.end_only else None
 
 
-STACK_TOKENS = 8192  # EAP-IG: interpolation steps stacked along the batch up to this many tokens
+# EAP-IG stacks interpolation steps along the batch while a pass's residual stream has at most
+# this many elements (tokens x d_model): stacking reads the weights once for several steps, but
+# the activations a pass saves grow with it, and glibc hands large freed heaps back to the OS,
+# so the next pass page-faults them in again (4 stacked steps of the zoo model, 8,064 tokens:
+# ~100k faults a call, slower than 2). GPT-2 small's shape, 8 prompts: 4 steps a pass.
+STACK_ELEMENTS = 1 << 19
 
 
-def _step_grads(model: Any, task: Any, met: Metric, xs: list[torch.Tensor], total: dict) -> None:
+def _step_grads(
+    model: Any, task: Any, met: Metric, xs: list[torch.Tensor], total: dict, consts: dict
+) -> None:
     """Add the receiver gradients at each interpolation step (``xs``: each step's input
     embedding) into ``total``. Fast path: one forward + backward over the steps stacked along
     the batch (the weights are read once for all rows), each step's loss its own task's, the
@@ -122,7 +130,7 @@ def _step_grads(model: Any, task: Any, met: Metric, xs: list[torch.Tensor], tota
     tokens = task.clean.repeat(c, 1) if c > 1 else task.clean
     x = torch.cat(xs) if c > 1 else xs[0]
     fast_receiver_grads(model, tokens, loss, x, copies=c, into=total, factored=True,
-                        end=_end(task, met, c))  # fmt: skip
+                        end=_end(task, met, c), consts=consts)  # fmt: skip
 
 
 @dataclass
@@ -133,11 +141,13 @@ class _Refs:
     ablated: list[Any]
 
 
-def _clean_pass(model: Any, task: Any, met: Metric, ablation: str, positions: Any):
+def _clean_pass(
+    model: Any, task: Any, met: Metric, ablation: str, positions: Any, consts: dict | None = None
+):
     """The receiver gradients at the clean run, and the sender blocks from its forward with
     their ablated values."""
     blocks: list[Any] = []
-    grads = receiver_grads(model, task, met, senders=blocks, factored=True)
+    grads = receiver_grads(model, task, met, senders=blocks, factored=True, consts=consts)
     return grads, _Refs(blocks, ablated_blocks(model, task, ablation, positions, blocks))
 
 
@@ -241,14 +251,16 @@ def eap_ig(
     shape, met = _setup(model, task, metric, ablation)
     n = len(task)
     if method == "inputs":
-        total, refs = _clean_pass(model, task, met, ablation, positions)  # the step a = 1
+        consts: dict = {}  # the head factors' constants, shared by the passes
+        total, refs = _clean_pass(model, task, met, ablation, positions, consts)  # a = 1
         clean_in, abl_in = _input(refs, task), _input(refs, task, ablated=True)
         rest = list(range(1, steps))
-        per = max(1, STACK_TOKENS // task.clean.numel()) if supported(model) else 1
+        per = STACK_ELEMENTS // (task.clean.numel() * shape.d_model) if supported(model) else 1
+        per = max(1, per)
         for i in range(0, len(rest), per):
             ks = rest[i : i + per]
             xs = [abl_in + (k / steps) * (clean_in - abl_in) for k in ks]
-            _step_grads(model, task, met, xs, total)
+            _step_grads(model, task, met, xs, total, consts)
         out = {k: v / (n * steps) for k, v in _contract(refs, total, shape).items()}
     else:
         refs = references(model, task, ablation, positions)

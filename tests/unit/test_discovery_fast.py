@@ -137,7 +137,7 @@ def test_eap_ig_stacked_steps_equal_one_pass_per_step(model, task, monkeypatch):
     stacked = dc.eap_ig(model, task, steps=4)
     monkeypatch.setattr(grads_mod, "norm_vjp", lambda *a, **k: None)
     stacked_autograd = dc.eap_ig(model, task, steps=4)
-    monkeypatch.setattr(eap_mod, "STACK_TOKENS", 1)
+    monkeypatch.setattr(eap_mod, "STACK_ELEMENTS", 1)
     single = dc.eap_ig(model, task, steps=4)
     scale = max(1.0, float(np.abs(single.frame["score"].to_numpy()).max()))
     assert _maxdiff(stacked, single) < 1e-6 * scale
