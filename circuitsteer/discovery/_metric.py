@@ -64,6 +64,16 @@ class Metric:
         ref = end if rows is None else end[rows]
         return metrics.kl_div(ref.to(logits.device), metrics.end_logits(logits, task))
 
+    def subset(self, idx: torch.Tensor, task: Any = None) -> Metric:
+        """This metric on the task's rows ``idx`` (``Task.subset``: trimmed to their longest
+        row; ``task``: that subset if the caller has it), reusing the clean logits if they were
+        computed."""
+        sub = self.task.subset(idx) if task is None else task
+        clean = self._clean
+        if clean is not None:
+            clean = clean[idx.to(clean.device), : sub.clean.shape[1]]
+        return Metric(self.name, sub, self.fn, self.model, self.end_only, clean)
+
     def clean_value(self) -> float:
         return float(self(self.clean_logits).mean())
 

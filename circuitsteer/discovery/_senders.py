@@ -116,15 +116,37 @@ def _from4(t: torch.Tensor, like: Block) -> Block:
     return t.reshape(t.shape[0], -1)
 
 
+def batch_means(model: Any, task: Any) -> list[torch.Tensor]:
+    """Each sender block's mean over ``task``'s corrupted run per position (over the rows that
+    are real tokens there), ``[rows, P, width]``: mean ablation's values, computed once for a
+    batch that is then run in groups of rows (:func:`ablated_blocks`' ``means``)."""
+    B, P = task.clean.shape
+    return [
+        mean_per_position(_as4(a, B, P), task.lengths)[:, 0]
+        for a in record_senders(model, task.corrupted)
+    ]
+
+
 def ablated_blocks(
-    model: Any, task: Any, ablation: str, positions: Any, clean: list[Block]
+    model: Any,
+    task: Any,
+    ablation: str,
+    positions: Any,
+    clean: list[Block],
+    means: list[torch.Tensor] | None = None,
 ) -> list[Block]:
     """The senders' ablated values in ``clean``'s layout, as
     :func:`~circuitsteer.discovery._common.references` builds them (resample: the corrupted
-    run; mean: its mean over the batch per position; zero; only at ``positions``)."""
+    run; mean: its mean over the batch per position, or ``means`` from :func:`batch_means`
+    when ``task`` is a group of a larger batch's rows; zero; only at ``positions``)."""
     B, P = task.clean.shape
     if ablation == "zero":
         abl = [_from4(torch.zeros_like(_as4(c, B, P)), c) for c in clean]
+    elif ablation == "mean" and means is not None:
+        abl = [
+            _from4(mu[:, None, :P].expand(-1, B, -1, -1), c)
+            for mu, c in zip(means, clean, strict=True)
+        ]
     else:
         abl = record_senders(model, task.corrupted)
         if ablation == "mean":

@@ -52,8 +52,9 @@ from circuitsteer.discovery._common import (
 )
 from circuitsteer.discovery._contract import contract
 from circuitsteer.discovery._grads import fast_receiver_grads, supported
+from circuitsteer.discovery._groups import row_groups
 from circuitsteer.discovery._metric import Metric, make_metric
-from circuitsteer.discovery._senders import ablated_blocks, record_senders
+from circuitsteer.discovery._senders import ablated_blocks, batch_means, record_senders
 from circuitsteer.engine.masks import EdgeMask, run_with_mask
 from circuitsteer.interventions import Patch, Site
 from circuitsteer.nodes import CHANNELS, head, mlp
@@ -142,13 +143,38 @@ class _Refs:
 
 
 def _clean_pass(
-    model: Any, task: Any, met: Metric, ablation: str, positions: Any, consts: dict | None = None
+    model: Any,
+    task: Any,
+    met: Metric,
+    ablation: str,
+    positions: Any,
+    consts: dict | None = None,
+    means: list | None = None,
 ):
     """The receiver gradients at the clean run, and the sender blocks from its forward with
-    their ablated values."""
+    their ablated values (``means``: mean ablation's, when ``task`` is a group of rows)."""
     blocks: list[Any] = []
     grads = receiver_grads(model, task, met, senders=blocks, factored=True, consts=consts)
-    return grads, _Refs(blocks, ablated_blocks(model, task, ablation, positions, blocks))
+    return grads, _Refs(blocks, ablated_blocks(model, task, ablation, positions, blocks, means))
+
+
+def _by_groups(model: Any, task: Any, met: Metric, ablation: str, positions: Any, run) -> dict:
+    """``run(task, metric, means)``'s summed scores over groups of the task's rows of similar
+    length, each trimmed of its padding (:mod:`._groups`; one group, the task itself, unless
+    the metric reads only END and the positions are all or named ones)."""
+    named = positions in (None, "all") or all(
+        isinstance(p, str) for p in ([positions] if isinstance(positions, str) else positions)
+    )
+    groups = row_groups(task.lengths) if met.end_only and named else []
+    if len(groups) <= 1:
+        return run(task, met, None)
+    means = batch_means(model, task) if ablation == "mean" else None
+    total: dict = {}
+    for idx in groups:
+        sub = task.subset(idx)
+        for k, v in run(sub, met.subset(idx, sub), means).items():
+            total[k] = total[k] + v if k in total else v
+    return total
 
 
 def captured_receiver_grads(
@@ -222,8 +248,12 @@ def eap(
     ``(ablated_s - clean_s) . dL/d(input of r)``."""
     t0 = time.perf_counter()
     shape, met = _setup(model, task, metric, ablation)
-    grads, refs = _clean_pass(model, task, met, ablation, positions)
-    scores = _contract(refs, grads, shape)
+
+    def run(sub: Any, m: Metric, means: list | None) -> dict:
+        grads, refs = _clean_pass(model, sub, m, ablation, positions, means=means)
+        return _contract(refs, grads, shape)
+
+    scores = _by_groups(model, task, met, ablation, positions, run)
     n = len(task)
     out = {k: v / n for k, v in scores.items()}
     return EdgeScores.from_tensors(
@@ -252,16 +282,20 @@ def eap_ig(
     n = len(task)
     if method == "inputs":
         consts: dict = {}  # the head factors' constants, shared by the passes
-        total, refs = _clean_pass(model, task, met, ablation, positions, consts)  # a = 1
-        clean_in, abl_in = _input(refs, task), _input(refs, task, ablated=True)
-        rest = list(range(1, steps))
-        per = STACK_ELEMENTS // (task.clean.numel() * shape.d_model) if supported(model) else 1
-        per = max(1, per)
-        for i in range(0, len(rest), per):
-            ks = rest[i : i + per]
-            xs = [abl_in + (k / steps) * (clean_in - abl_in) for k in ks]
-            _step_grads(model, task, met, xs, total, consts)
-        out = {k: v / (n * steps) for k, v in _contract(refs, total, shape).items()}
+
+        def run(sub: Any, m: Metric, means: list | None) -> dict:
+            total, refs = _clean_pass(model, sub, m, ablation, positions, consts, means)  # a = 1
+            clean_in, abl_in = _input(refs, sub), _input(refs, sub, ablated=True)
+            rest = list(range(1, steps))
+            per = STACK_ELEMENTS // (sub.clean.numel() * shape.d_model) if supported(model) else 1
+            for i in range(0, len(rest), max(1, per)):
+                ks = rest[i : i + max(1, per)]
+                xs = [abl_in + (k / steps) * (clean_in - abl_in) for k in ks]
+                _step_grads(model, sub, m, xs, total, consts)
+            return _contract(refs, total, shape)
+
+        scores = _by_groups(model, task, met, ablation, positions, run)
+        out = {k: v / (n * steps) for k, v in scores.items()}
     else:
         refs = references(model, task, ablation, positions)
         mask = EdgeMask(model, requires_grad=True)
