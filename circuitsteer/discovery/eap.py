@@ -52,7 +52,7 @@ from circuitsteer.discovery._common import (
 )
 from circuitsteer.discovery._contract import contract
 from circuitsteer.discovery._grads import fast_receiver_grads, supported
-from circuitsteer.discovery._groups import row_groups
+from circuitsteer.discovery._groups import group_overhead, row_groups
 from circuitsteer.discovery._metric import Metric, make_metric
 from circuitsteer.discovery._senders import ablated_blocks, batch_means, record_senders
 from circuitsteer.engine.masks import EdgeMask, run_with_mask
@@ -158,14 +158,17 @@ def _clean_pass(
     return grads, _Refs(blocks, ablated_blocks(model, task, ablation, positions, blocks, means))
 
 
-def _by_groups(model: Any, task: Any, met: Metric, ablation: str, positions: Any, run) -> dict:
+def _by_groups(
+    model: Any, task: Any, met: Metric, ablation: str, positions: Any, run, passes: int
+) -> dict:
     """``run(task, metric, means)``'s summed scores over groups of the task's rows of similar
     length, each trimmed of its padding (:mod:`._groups`; one group, the task itself, unless
-    the metric reads only END and the positions are all or named ones)."""
-    named = positions in (None, "all") or all(
-        isinstance(p, str) for p in ([positions] if isinstance(positions, str) else positions)
-    )
-    groups = row_groups(task.lengths) if met.end_only and named else []
+    the metric reads only END and the positions are all or named ones). ``passes``: the
+    passes ``run`` makes over each row (what a group's fixed cost is weighed against)."""
+    items = [positions] if isinstance(positions, str | int) or positions is None else positions
+    named = all(isinstance(p, str) or p is None for p in items)  # an int: a padded column
+    cost = group_overhead(model.shape.d_model, passes)
+    groups = row_groups(task.lengths, overhead=cost) if met.end_only and named else []
     if len(groups) <= 1:
         return run(task, met, None)
     means = batch_means(model, task) if ablation == "mean" else None
@@ -253,7 +256,7 @@ def eap(
         grads, refs = _clean_pass(model, sub, m, ablation, positions, means=means)
         return _contract(refs, grads, shape)
 
-    scores = _by_groups(model, task, met, ablation, positions, run)
+    scores = _by_groups(model, task, met, ablation, positions, run, passes=2)
     n = len(task)
     out = {k: v / n for k, v in scores.items()}
     return EdgeScores.from_tensors(
@@ -294,7 +297,7 @@ def eap_ig(
                 _step_grads(model, sub, m, xs, total, consts)
             return _contract(refs, total, shape)
 
-        scores = _by_groups(model, task, met, ablation, positions, run)
+        scores = _by_groups(model, task, met, ablation, positions, run, passes=steps + 1)
         out = {k: v / (n * steps) for k, v in scores.items()}
     else:
         refs = references(model, task, ablation, positions)

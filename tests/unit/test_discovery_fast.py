@@ -159,3 +159,81 @@ def test_contract_chunks_agree(model, task, monkeypatch):
     got = _contract.contract(*args)
     for k, v in whole.items():
         assert torch.allclose(got[k], v, rtol=1e-5, atol=1e-6), k
+
+
+groups_mod = importlib.import_module("circuitsteer.discovery._groups")
+contract_mod = importlib.import_module("circuitsteer.discovery._contract")
+
+
+def _partitions(n: int):
+    """Every split of range(n) into contiguous runs (as lists of run ends)."""
+    for mask in range(1 << (n - 1)):
+        yield [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_row_groups_is_the_cheapest_split(seed):
+    """The DP's split of the length-sorted rows costs what the cheapest of all contiguous
+    splits costs (brute force), covers every row once, and each group fits max_tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 12, (9,), generator=g)
+    overhead, cap = int(torch.randint(0, 30, (1,), generator=g)), 40
+    got = groups_mod.row_groups(lengths, overhead=overhead, max_tokens=cap)
+    assert sorted(torch.cat(got).tolist()) == list(range(9))
+    assert all(len(x) * int(lengths[x].max()) <= cap or len(x) == 1 for x in got)
+
+    def cost(groups):
+        return sum(len(x) * int(lengths[x].max()) + overhead for x in groups)
+
+    sl = sorted(lengths.tolist())
+    best = float("inf")
+    for ends in _partitions(9):
+        total, start = 0, 0
+        for end in ends:
+            rows, width = end - start, sl[end - 1]
+            per = max(1, cap // width)
+            total += rows * width + overhead * -(-rows // per)
+            start = end
+        best = min(best, total)
+    assert cost(got) == best
+
+
+@pytest.mark.parametrize(
+    "ablation,metric,positions",
+    [("resample", "logit_diff", "all"), ("mean", "kl", "all"), ("zero", "logit_diff", "END"),
+     ("mean", "logit_diff", ["S2", "END"])],
+)  # fmt: skip
+def test_row_groups_give_the_whole_batch_scores(model, task, monkeypatch, ablation, metric,
+                                                positions):  # fmt: skip
+    """EAP and EAP-IG over groups of rows trimmed of their padding equal one pass over the
+    padded batch (the gradient after END is zero; mean ablation keeps the batch's means)."""
+    kw = dict(metric=metric, ablation=ablation, positions=positions)
+    whole = [dc.eap(model, task, **kw), dc.eap_ig(model, task, steps=3, **kw)]
+    calls = []
+    real = groups_mod.row_groups
+    monkeypatch.setattr(eap_mod, "row_groups", lambda lengths, overhead:
+                        calls.append(1) or real(lengths, overhead=0, max_tokens=40))  # fmt: skip
+    grouped = [dc.eap(model, task, **kw), dc.eap_ig(model, task, steps=3, **kw)]
+    assert len(calls) == 2 and len(real(task.lengths, overhead=0, max_tokens=40)) > 2
+    for a, b in zip(whole, grouped, strict=True):
+        # EAP with KL sits at the metric's minimum: its scores are float noise (~1e-7)
+        assert _maxdiff(a, b) < 1e-6 + 1e-5 * float(np.abs(a.frame["score"].to_numpy()).max())
+
+
+def test_row_groups_only_for_end_metrics(model, task, monkeypatch):
+    """A custom metric may read any position: its batch runs whole, padding included."""
+    monkeypatch.setattr(eap_mod, "row_groups", lambda *a, **k: pytest.fail("grouped"))
+    dc.eap(model, task, metric=lambda lg, t: -cs.metrics.logit_diff(lg, t))
+    dc.eap(model, task, positions=[0, 1])  # an index means a column of the padded batch
+    dc.eap(model, task, positions=-1)
+
+
+def test_factored_contraction_equals_streamed(model, task, monkeypatch):
+    """lin_scores (one GEMM over positions per head layer) and the streamed lin @ B blocks give
+    the same scores."""
+    monkeypatch.setattr(contract_mod, "FACTORED_GAIN", 1e9)
+    factored = dc.eap_ig(model, task, steps=3, ablation="mean")
+    monkeypatch.setattr(contract_mod, "FACTORED_GAIN", 0.0)
+    streamed = dc.eap_ig(model, task, steps=3, ablation="mean")
+    scale = max(1.0, float(np.abs(streamed.frame["score"].to_numpy()).max()))
+    assert _maxdiff(factored, streamed) < 1e-6 * scale
