@@ -80,22 +80,33 @@ def sender_hooks(model: Any, out: list[Block], input_value: torch.Tensor | None 
     return handles
 
 
+class _Done(Exception):
+    """Raised at the final norm: every sender has been recorded."""
+
+
 def record_senders(model: Any, tokens: torch.Tensor) -> list[Block]:
-    """Every sender's output on ``tokens`` (one forward without autograd), heads factored."""
+    """Every sender's output on ``tokens`` (one forward without autograd, stopped before the
+    final norm and the unembedding), heads factored."""
     out: list[Block] = []
 
     def first(module, args, kwargs):
         x = args[0] if args else kwargs["hidden_states"]
         out.append(x.detach().reshape(1, -1))
 
+    def done(module, args):
+        raise _Done
+
     arch = model.arch
     handles = [
-        model.module(arch.path("block", 0)).register_forward_pre_hook(first, with_kwargs=True)
+        model.module(arch.path("block", 0)).register_forward_pre_hook(first, with_kwargs=True),
+        model.module(arch.path("final_norm")).register_forward_pre_hook(done),
     ]
     try:
         handles += sender_hooks(model, out)
         with torch.no_grad():
             model(tokens)
+    except _Done:
+        pass
     finally:
         for h in handles:
             h.remove()
