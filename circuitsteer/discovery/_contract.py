@@ -35,7 +35,7 @@ class HeadGrads:
     autograd VJP).
 
     >>> h = HeadGrads(torch.ones(2, 3, 4))
-    >>> h.add_lin(torch.ones(5, 2, 3)); h.add_lin(torch.ones(5, 2, 3))
+    >>> h.add_lin(torch.ones(2, 5, 2, 3))  # two stacked copies
     >>> h.add_term(torch.ones(2, 5), torch.ones(5, 4))
     >>> h.flat().shape, float(h.dense()[0, 0, 0])
     (torch.Size([2, 20]), 5.0)
@@ -48,11 +48,19 @@ class HeadGrads:
         self.rest: torch.Tensor | None = None  # [R, n, d]
         self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # for term_scores
 
-    def add_lin(self, a: torch.Tensor) -> None:
+    def add_lin(self, rows: torch.Tensor, scale: torch.Tensor | None = None) -> None:
+        """Add ``sum over j of rows[j] * scale[j]`` to the linear factor, in place (``rows``
+        ``[copies, n, R, k]``, ``scale`` ``[copies, n, 1, 1]`` or None for ones): a pass's
+        stacked copies summed without a ``[copies, n, R, k]`` temporary."""
+        first = 0
         if self.lin is None:
-            self.lin = a.contiguous()
-        else:
-            self.lin.add_(a)
+            self.lin = rows[0] * scale[0] if scale is not None else rows[0].clone()
+            first = 1
+        for j in range(first, len(rows)):
+            if scale is None:
+                self.lin.add_(rows[j])
+            else:
+                self.lin.addcmul_(rows[j], scale[j])
 
     def add_term(self, c: torch.Tensor, xh: torch.Tensor) -> None:
         """Subtract ``c[r, i] * xh[i]`` (``c`` ``[R, n]``, ``xh`` ``[n, d]``)."""
@@ -65,15 +73,10 @@ class HeadGrads:
     def block(self, i: int, j: int, terms: bool = True, lin: bool = True) -> torch.Tensor | None:
         """The summed gradients of positions ``i:j``, ``[R, j - i, d]`` (a new tensor);
         ``terms=False``: without the per-pass terms (:meth:`term_scores` contracts them);
-        ``lin=False``: without the linear part (:func:`lin_scores` contracts it; None if then
-        nothing is left)."""
-        if not lin:
-            if self.rest is None and not (terms and self.terms):
-                return None
-            out = self.rest[:, i:j].clone() if self.rest is not None else None
-            if out is None:
-                R, d = self.receivers, self.terms[0][1].shape[-1]
-                out = self.terms[0][1].new_zeros(R, j - i, d)
+        ``lin=False``: the dense rest only, a view (None if there is none), without the linear
+        part or the terms (:func:`lin_scores` and :meth:`term_scores` contract those)."""
+        if not lin:  # the dense rest alone: lin_scores and term_scores contract the others
+            return None if self.rest is None else self.rest[:, i:j]
         elif self.lin is not None:
             a = self.lin[i:j].transpose(0, 1)
             out = torch.bmm(a, self.B.to(a.dtype))  # type: ignore[union-attr]

@@ -179,7 +179,8 @@ def _head_consts(model: Any, L: int, norm: Any, dtype: torch.dtype) -> tuple:
     """Layer ``L``'s constant head-receiver factors in the mask's column order (channel-major:
     q heads, k heads, v heads): ``W`` their weights ``[R, dh, d]``, ``shift`` the projection of
     the norm's shift (bias included, ``[R, dh]``: ``Q - shift = (gain * xh) @ W_r.T``, what the
-    norm VJP needs), and per q/k/v module its role and output columns (None: all, in order)."""
+    norm VJP needs), and per q/k/v module its role, output columns and whether those are
+    ``0, 1, 2, ...`` (then its gradient needs no gather)."""
     arch, s = model.arch, model.shape
     dh = s.d_head
     beta = norm_shift(norm)  # the norm's bias (None: a zero vector) projected below
@@ -307,13 +308,7 @@ def norm_vjp(
         gv.addmm_(Gn.reshape(N, R * dh), torch.block_diag(*shift.unsqueeze(-1)), alpha=-1)
     c = (gv * r).div_(d).T  # [R, N]
     # the linear part's factor rstd * G, summed over copies into the accumulator in place
-    rows = Gn.reshape(copies, n, R, dh)
-    rs = r.view(copies, n, 1, 1)
-    first = 0
-    if acc.lin is None:
-        acc.lin, first = rows[0] * rs[0], 1
-    for j in range(first, copies):
-        acc.lin.addcmul_(rows[j], rs[j])
+    acc.add_lin(Gn.reshape(copies, n, R, dh), r.view(copies, n, 1, 1))
     for j in range(copies):
         acc.add_term(c[:, j * n : (j + 1) * n], xh[j * n : (j + 1) * n])
     if isinstance(out, HeadGrads):

@@ -252,8 +252,10 @@ def eap(
     t0 = time.perf_counter()
     shape, met = _setup(model, task, metric, ablation)
 
+    consts: dict = {}  # the head factors' constants, shared by the groups
+
     def run(sub: Any, m: Metric, means: list | None) -> dict:
-        grads, refs = _clean_pass(model, sub, m, ablation, positions, means=means)
+        grads, refs = _clean_pass(model, sub, m, ablation, positions, consts, means)
         return _contract(refs, grads, shape)
 
     scores = _by_groups(model, task, met, ablation, positions, run, passes=2)
@@ -291,8 +293,9 @@ def eap_ig(
             clean_in, abl_in = _input(refs, sub), _input(refs, sub, ablated=True)
             rest = list(range(1, steps))
             per = STACK_ELEMENTS // (sub.clean.numel() * shape.d_model) if supported(model) else 1
-            for i in range(0, len(rest), max(1, per)):
-                ks = rest[i : i + max(1, per)]
+            per = max(1, per)
+            for i in range(0, len(rest), per):
+                ks = rest[i : i + per]
                 xs = [abl_in + (k / steps) * (clean_in - abl_in) for k in ks]
                 _step_grads(model, sub, m, xs, total, consts)
             return _contract(refs, total, shape)
